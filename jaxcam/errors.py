@@ -1,0 +1,105 @@
+"""Typed errors raised by jaxcam.
+
+Every error names the argument or file at fault and, where there is a closed set of valid choices, lists them.
+All inherit from :class:`JaxcamError`, so ``except jaxcam.JaxcamError`` catches anything jaxcam raises on bad
+input. Each also inherits from the matching built-in (``ValueError``, ``KeyError``-free ``LookupError``,
+``OSError``) so code written against the built-ins keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class JaxcamError(Exception):
+    """Base class of every error jaxcam raises on bad input or bad files."""
+
+
+def _listing(names: Iterable[str], limit: int = 60) -> str:
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    if len(names) > limit:
+        shown += f", ... ({len(names) - limit} more)"
+    return shown
+
+
+class UnknownNameError(JaxcamError, ValueError):
+    """A name (architecture, layer, method, ...) that is not one of the valid choices."""
+
+    kind = "name"
+
+    def __init__(self, name: object, valid: Iterable[str], context: str = ""):
+        self.name = name
+        self.valid = tuple(valid)
+        where = f" for {context}" if context else ""
+        super().__init__(f"unknown {self.kind} {name!r}{where}; valid {self.kind}s: {_listing(self.valid)}")
+
+
+class UnknownArchitectureError(UnknownNameError):
+    kind = "architecture"
+
+
+class UnknownLayerError(UnknownNameError):
+    kind = "layer"
+
+
+class ImageError(JaxcamError, ValueError):
+    """An image that cannot be used: wrong rank, shape, dtype, range or values."""
+
+
+class ImageShapeError(ImageError):
+    pass
+
+
+class ImageDtypeError(ImageError):
+    pass
+
+
+class NonFiniteImageError(ImageError):
+    pass
+
+
+class ImageFileError(ImageError, OSError):
+    """A path that does not exist, is not a file, or does not decode as an image."""
+
+
+class CheckpointError(JaxcamError, OSError):
+    """A converted checkpoint that is missing, incomplete, altered or unreadable."""
+
+
+class ChecksumMismatchError(CheckpointError):
+    pass
+
+
+class MissingCheckpointFilesError(CheckpointError):
+    pass
+
+
+class StateDictError(JaxcamError, ValueError):
+    """A source state dict whose keys or shapes do not match the architecture.
+
+    Attributes ``missing``, ``unexpected`` and ``mismatched`` hold every offending key (nothing is skipped).
+    """
+
+    def __init__(self, arch: str, missing=(), unexpected=(), mismatched=()):
+        self.arch = arch
+        self.missing = tuple(missing)
+        self.unexpected = tuple(unexpected)
+        self.mismatched = tuple(mismatched)  # (key, expected_shape, got_shape)
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing key(s): {_listing(self.missing, 40)}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected key(s): {_listing(self.unexpected, 40)}")
+        if self.mismatched:
+            mm = "; ".join(f"{k!r} expected {tuple(e)} got {tuple(g)}" for k, e, g in self.mismatched[:40])
+            parts.append(f"{len(self.mismatched)} mis-shaped key(s): {mm}")
+        super().__init__(f"state dict does not match architecture {arch!r}: " + "; ".join(parts))
+
+
+class ClassIndexError(JaxcamError, IndexError):
+    """A class index outside ``[0, num_classes)``."""
+
+
+class MissingDependencyError(JaxcamError, ImportError):
+    """An optional dependency (for example torch, for reading .pth files) is not installed."""

@@ -1,0 +1,56 @@
+"""Layer helpers shared by the architectures: torchvision-exact padding and pooling, inference-mode BatchNorm."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def conv(cin: int, cout: int, k: int, stride: int = 1, padding: int | str = 0, *, bias: bool = False,
+         groups: int = 1, rngs: nnx.Rngs) -> nnx.Conv:
+    """A 2-D convolution, NHWC/HWIO. An int ``padding`` is PyTorch's symmetric padding; "SAME" is TF's."""
+    pad = padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
+    return nnx.Conv(cin, cout, kernel_size=(k, k), strides=(stride, stride), padding=pad, use_bias=bias,
+                    feature_group_count=groups, rngs=rngs)
+
+
+def batch_norm(features: int, *, eps: float = 1e-5, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    """BatchNorm fixed in inference mode (running statistics), as every jaxcam model is inference-only."""
+    return nnx.BatchNorm(features, use_running_average=True, epsilon=eps, momentum=0.9, rngs=rngs)
+
+
+def max_pool(x: jax.Array, k: int, stride: int, padding: int = 0) -> jax.Array:
+    """PyTorch ``MaxPool2d(k, stride, padding)`` (floor mode): padding with -inf, never with zeros."""
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, stride, stride, 1),
+                                 ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    """``AdaptiveAvgPool2d(1)`` followed by ``flatten(1)``: the mean over H and W, (N,H,W,C) -> (N,C)."""
+    return jnp.mean(x, axis=(1, 2))
+
+
+def _adaptive_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Row i averages input bins [floor(i*n_in/n_out), ceil((i+1)*n_in/n_out)), as PyTorch does."""
+    m = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        lo = (i * n_in) // n_out
+        hi = -((-(i + 1) * n_in) // n_out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+def adaptive_avg_pool(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
+    """PyTorch ``AdaptiveAvgPool2d(out_hw)`` for any input size (the identity when sizes already agree)."""
+    h, w = x.shape[1], x.shape[2]
+    if (h, w) == tuple(out_hw):
+        return x
+    mh = jnp.asarray(_adaptive_matrix(h, out_hw[0]))
+    mw = jnp.asarray(_adaptive_matrix(w, out_hw[1]))
+    return jnp.einsum("ih,jw,nhwc->nijc", mh, mw, x, precision=jax.lax.Precision.HIGHEST)
+
+
+def relu6(x: jax.Array) -> jax.Array:
+    return jnp.clip(x, 0.0, 6.0)

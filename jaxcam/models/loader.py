@@ -1,0 +1,107 @@
+"""``load_model``: the embedded default, random weights for tests, or torchvision weights converted and cached."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..errors import CheckpointError, UnknownArchitectureError
+from .architectures import ARCHITECTURES, get_architecture
+from .convert import convert_state_dict, random_state_dict, read_state_dict
+from .model import Model
+from .store import load_saved, read_manifest, resolve_models_dir, save_model, sha256_file
+
+EMBEDDED = {"efficientnet_lite0": "efficientnet_lite0"}  # architecture -> manifest entry shipped in models/
+DEFAULT = "default"
+
+
+def load_model(name: str = "efficientnet_lite0", weights=DEFAULT, *, models_dir=None, seed: int = 0) -> Model:
+    """Load a model.
+
+    - ``load_model("efficientnet_lite0")``: the embedded default (real ImageNet weights, shipped in ``models/``).
+    - ``load_model("resnet50", weights="resnet50.pth")``: converts a torchvision state dict on first use, records
+      it in the models directory's manifest, and loads the verified cached checkpoint on later calls (the cache key
+      is the source file's sha256, so a changed file is converted again).
+    - ``weights`` may also be a mapping of arrays or a ``torch.nn.Module`` (converted in memory, not cached).
+    - ``weights=None``: deterministic random weights from ``numpy.random.default_rng(seed)`` (for tests).
+    - ``name`` may also be the name of any converted checkpoint recorded in the manifest.
+    """
+    if name not in ARCHITECTURES:
+        entries = _manifest_or_empty(models_dir)
+        if name in entries:
+            return load_saved(name, models_dir)
+        raise UnknownArchitectureError(name, list(ARCHITECTURES) + sorted(entries))
+    arch = get_architecture(name)
+    if weights is None:
+        return convert_state_dict(arch, random_state_dict(arch, seed), source=f"random weights (numpy seed {seed})")
+    if isinstance(weights, str) and weights == DEFAULT:
+        if name not in EMBEDDED:
+            raise CheckpointError(f"{name} has no bundled weights: pass weights='path/to/torchvision.pth' (converted "
+                                  "once and cached) or weights=None for random weights")
+        return load_saved(EMBEDDED[name], models_dir)
+    if isinstance(weights, (str, os.PathLike)):
+        return _load_file(name, os.fspath(weights), models_dir)
+    if isinstance(weights, Mapping) or hasattr(weights, "state_dict"):
+        return convert_state_dict(arch, weights, source=f"in-memory {type(weights).__name__}")
+    raise TypeError(f"weights must be 'default', None, a path, a mapping of arrays or a torch.nn.Module; "
+                    f"got {type(weights).__name__}")
+
+
+def _manifest_or_empty(models_dir) -> dict:
+    try:
+        return read_manifest(models_dir)["models"]
+    except CheckpointError:
+        return {}
+
+
+def _load_file(name: str, path: str, models_dir) -> Model:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path!r}")
+    digest = sha256_file(path)
+    entry_name = f"{name}-{digest[:12]}"
+    entry = read_manifest(models_dir)["models"].get(entry_name)
+    if entry is not None and entry.get("source_sha256") == digest:
+        return load_saved(entry_name, models_dir)
+    return convert_and_save(name, path, entry_name, models_dir=models_dir, source_sha256=digest)
+
+
+def convert_and_save(name: str, weights, entry_name: str, *, models_dir=None, source_sha256: str | None = None,
+                     source: str | None = None) -> Model:
+    """Convert a torchvision state dict, measure logit parity against torchvision (when torch is installed),
+    write the checkpoint and its manifest entry, and return the model."""
+    sd = read_state_dict(weights)
+    source = source or (os.path.abspath(weights) if isinstance(weights, (str, os.PathLike)) else "state dict")
+    model = convert_state_dict(name, sd, source=source)
+    diff, reference = torch_parity(model, sd)
+    save_model(model, entry_name, resolve_models_dir(models_dir), source=source, source_sha256=source_sha256,
+               max_abs_logit_diff=diff, parity_reference=reference)
+    return model
+
+
+def parity_batch(size: int = 224, n: int = 2, seed: int = 0) -> np.ndarray:
+    """The fixed input on which conversion-time parity is measured: N(0, 1) pixels, NHWC."""
+    return np.random.default_rng(seed).standard_normal((n, size, size, 3)).astype(np.float32)
+
+
+def torch_parity(model: Model, sd: Mapping) -> tuple[float | None, str]:
+    """Max |logit difference| between ``model`` and torchvision's model loaded with ``sd``, on
+    :func:`parity_batch`. Returns ``(None, reason)`` when torch/torchvision are absent or have no such model."""
+    if model.arch.torchvision is None:
+        return None, f"not measured: {model.name} has no torchvision counterpart"
+    try:
+        import torch
+        import torchvision
+    except ImportError:
+        return None, "not measured: torch/torchvision not installed"
+    tmodel = getattr(torchvision.models, model.arch.torchvision)(num_classes=model.num_classes)
+    res = tmodel.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=False)
+    if res.unexpected_keys or any(not k.endswith("num_batches_tracked") for k in res.missing_keys):
+        raise RuntimeError(f"torchvision {model.arch.torchvision} rejected the state dict: {res}")
+    tmodel.eval()
+    x = parity_batch(model.arch.input_size)
+    with torch.no_grad():
+        ref = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    diff = float(np.max(np.abs(np.asarray(model(x)) - ref)))
+    return diff, f"torchvision {torchvision.__version__} {model.arch.torchvision}, N(0,1) input {x.shape} NHWC"
