@@ -32,7 +32,7 @@ def load_model(name: str = "efficientnet_lite0", weights=DEFAULT, *, models_dir=
         entries = _manifest_or_empty(models_dir)
         if name in entries:
             return load_saved(name, models_dir)
-        raise UnknownArchitectureError(name, list(ARCHITECTURES) + sorted(entries))
+        raise UnknownArchitectureError(name, list(ARCHITECTURES) + sorted(set(entries) - set(ARCHITECTURES)))
     arch = get_architecture(name)
     if weights is None:
         return convert_state_dict(arch, random_state_dict(arch, seed), source=f"random weights (numpy seed {seed})")
