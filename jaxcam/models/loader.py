@@ -11,7 +11,7 @@ from ..errors import CheckpointError, UnknownArchitectureError
 from .architectures import ARCHITECTURES, get_architecture
 from .convert import convert_state_dict, random_state_dict, read_state_dict
 from .model import Model
-from .store import load_saved, read_manifest, resolve_models_dir, save_model, sha256_file
+from .store import library_versions, load_saved, read_manifest, resolve_models_dir, save_model, sha256_file
 
 EMBEDDED = {"efficientnet_lite0": "efficientnet_lite0"}  # architecture -> manifest entry shipped in models/
 DEFAULT = "default"
@@ -76,7 +76,8 @@ def convert_and_save(name: str, weights, entry_name: str, *, models_dir=None, so
     model = convert_state_dict(name, sd, source=source)
     diff, reference = torch_parity(model, sd)
     save_model(model, entry_name, resolve_models_dir(models_dir), source=source, source_sha256=source_sha256,
-               max_abs_logit_diff=diff, parity_reference=reference)
+               max_abs_logit_diff=diff, parity_reference=reference,
+               versions=library_versions("torch", "torchvision"))
     return model
 
 
