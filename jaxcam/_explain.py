@@ -1,0 +1,229 @@
+"""``explain``: one compiled program per configuration: capture -> every requested method -> post-processing.
+
+The capture runs the network once up to the first requested layer, then through the rest with ``jax.vjp`` (only
+when a method needs gradients). Distinct target scores share that one forward: their cotangents are stacked and the
+backward through the head is vmapped over them. Methods are per-example functions vmapped over the batch.
+Static (recompiles): model, layers, methods, target functions, flags, shapes. Traced (no recompile): parameters,
+images, class indices.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import targets as targets_mod
+from .errors import ClassIndexError, UnknownLayerError, UnknownNameError
+from .methods import METHODS, MethodSpec
+from .methods.base import Context, Inputs, channel_sum, first_component
+from .models.model import Model, StageRange
+from .postprocess import postprocess
+
+TRACE_COUNT = {"explain": 0}  # incremented each time a program is traced (tests count compilations with it)
+
+
+def _resolve_methods(method) -> tuple[str, ...]:
+    if isinstance(method, str):
+        names = tuple(METHODS) if method == "all" else (method,)
+    else:
+        names = tuple(method)
+        if not names:
+            raise UnknownNameError("(empty list)", METHODS, "method")
+    for n in names:
+        if n not in METHODS:
+            raise UnknownNameError(n, list(METHODS) + ["all"], "method")
+    return tuple(dict.fromkeys(names))
+
+
+def _resolve_layers(model: Model, layer) -> tuple[int, ...]:
+    layers = [layer] if layer is None or isinstance(layer, (str, int)) else list(layer)
+    if not layers:
+        raise UnknownLayerError("(empty list)", model.valid_layers, model.name)
+    idx = tuple(model.layer_index(ly) for ly in layers)
+    if idx[-1] == len(model.stage_names) - 1 or max(idx) == len(model.stage_names) - 1:
+        raise UnknownLayerError(model.stage_names[-1], model.stage_names[:-1],
+                                f"{model.name} (the classifier output is not a feature map)")
+    return idx
+
+
+def _gap_fc_ok(model: Model, idx: Sequence[int]) -> bool:
+    return all(model.stage_names[i + 1:] == ("avgpool", model.stage_names[-1]) for i in idx)
+
+
+def _check_gap_fc(model: Model, spec: MethodSpec, idx: Sequence[int]) -> None:
+    if spec.gap_fc_only and not _gap_fc_ok(model, idx):
+        bad = next(i for i in idx if not _gap_fc_ok(model, (i,)))
+        raise UnknownLayerError(model.stage_names[bad], [model.stage_names[-3]],
+                                f"method {spec.name!r} on {model.name} (CAM needs the layer right before "
+                                "global average pooling and the classifier)")
+
+
+def _classes(targets, n: int, num_classes: int):
+    if targets is None:
+        return None
+    arr = np.asarray(targets)
+    if not np.issubdtype(arr.dtype, np.integer) or arr.ndim > 1:
+        raise ClassIndexError(f"targets must be None, a class index or a sequence of class indices, got {targets!r}")
+    arr = np.broadcast_to(arr, (n,)) if arr.ndim == 0 or arr.size == 1 else arr
+    if arr.shape != (n,):
+        raise ClassIndexError(f"got {arr.size} class indices for {n} images; pass one index or one per image")
+    bad = arr[(arr < 0) | (arr >= num_classes)]
+    if bad.size:
+        raise ClassIndexError(f"class index {int(bad[0])} out of range [0, {num_classes}) for {n} image(s)")
+    return jnp.asarray(arr, jnp.int32)
+
+
+@functools.cache
+def _program(graphdef, idx: tuple[int, ...], n_stages: int, methods: tuple[str, ...], scores: tuple,
+             predicted: bool, raw: bool, eigen_smooth: bool, eigen_sign: str, aug_smooth: bool, batch_size: int,
+             options: tuple):
+    """Build and jit the whole computation for one static configuration."""
+    specs = [METHODS[m] for m in methods]
+    order = sorted(set(idx))
+    body = StageRange(graphdef, 0, order[0] + 1)
+    mids = [StageRange(graphdef, a + 1, b + 1) for a, b in zip(order[:-1], order[1:])]
+    head = StageRange(graphdef, order[-1] + 1, n_stages)
+    tails = {i: StageRange(graphdef, i + 1, n_stages) for i in order}
+    forward = StageRange(graphdef, 0, n_stages)
+    grad_scores = tuple(dict.fromkeys(s for s, spec in zip(scores, specs) if spec.gradients))
+    hvp_scores = tuple(dict.fromkeys(s for s, spec in zip(scores, specs) if spec.hvp))
+    opts = dict(options)
+
+    def chain(params, a1, deltas):
+        acts, a = [a1], a1
+        for mid, d in zip(mids, deltas):
+            a = mid(params, a) + d
+            acts.append(a)
+        return head(params, a), acts
+
+    def capture(params, x, classes):
+        a1 = body(params, x)
+        shapes = []
+        a = jax.eval_shape(lambda p, v: v, params, a1)
+        for mid in mids:
+            a = jax.eval_shape(mid, params, a)
+            shapes.append(a)
+        deltas = [jnp.zeros(s.shape, s.dtype) for s in shapes]
+        grads = {}
+        if grad_scores:
+            logits, vjp_fn, acts = jax.vjp(lambda a1_, d_: chain(params, a1_, d_), a1, deltas, has_aux=True)
+        else:
+            logits, acts = chain(params, a1, deltas)
+        cls = jnp.argmax(logits, axis=-1).astype(jnp.int32) if predicted else classes
+        if grad_scores:
+            cots = jnp.stack([jax.vmap(jax.grad(s))(logits, cls) for s in grad_scores])
+            g1, gd = jax.vmap(vjp_fn)(cots)  # one backward through the head, batched over target scores
+            per_layer = [g1, *gd]
+            for t, s in enumerate(grad_scores):
+                grads[s] = {i: per_layer[j][t] for j, i in enumerate(order)}
+        hvps = {}
+        for s in hvp_scores:
+            hvps[s] = {}
+            for j, i in enumerate(order):
+                def grad_at(a, i=i, s=s):
+                    return jax.grad(lambda a_: jnp.sum(jax.vmap(s)(tails[i](params, a_), cls)))(a)
+                hvps[s][i] = jax.jvp(grad_at, (acts[j],), (acts[j],))[1]
+        return logits, cls, {i: acts[j] for j, i in enumerate(order)}, grads, hvps
+
+    def raw_map(spec, score, params, x, logits, cls, acts, grads, hvps, i):
+        ctx = Context(tail=jax.tree_util.Partial(tails[i], params), forward=jax.tree_util.Partial(forward, params),
+                      score=score, batch_size=batch_size)
+        inputs = Inputs(acts[i], grads[score][i] if spec.gradients else None,
+                        hvps[score][i] if spec.hvp else None, logits, cls, x)
+        kwargs = {k: opts[(spec.name, k)] for k in spec.options if (spec.name, k) in opts}
+        out = jax.vmap(lambda inp: spec.fn(inp, ctx, **kwargs))(inputs)
+        if spec.output == "map":
+            return out
+        if spec.output == "projection" or eigen_smooth:
+            return jax.vmap(lambda t: first_component(t, eigen_sign))(out)
+        return jax.vmap(channel_sum)(out)
+
+    def run(params, x, classes):
+        TRACE_COUNT["explain"] += 1
+        logits, cls, acts, grads, hvps = capture(params, x, classes)
+        result = {}
+        for spec, score in zip(specs, scores):
+            raws = [raw_map(spec, score, params, x, logits, cls, acts, grads, hvps, i) for i in idx]
+            if raw:
+                result[spec.name] = raws
+            else:
+                size = x.shape[1:3]
+                result[spec.name] = jax.vmap(lambda *r: postprocess(list(r), size))(*raws)
+        return result, logits, cls
+
+    def run_augmented(params, x, classes):
+        """pytorch-grad-cam's aug_smooth: horizontal flip x multiply (0.9, 1, 1.1) of the normalised input;
+        each final map is flipped back and the six are averaged (no renormalisation, as in the reference)."""
+        factors = (0.9, 1.0, 1.1)
+        variants = [(flip, f) for flip in (False, True) for f in factors]
+        xs = jnp.concatenate([(x[:, :, ::-1] if flip else x) * f for flip, f in variants])
+        cs = None if classes is None else jnp.tile(classes, len(variants))
+        result, logits, cls = run(params, xs, cs)
+        n = x.shape[0]
+        out = {}
+        for name, maps in result.items():
+            maps = maps.reshape(len(variants), n, *maps.shape[1:])
+            maps = jnp.stack([m[:, :, ::-1] if flip else m for m, (flip, _) in zip(maps, variants)])
+            out[name] = maps.mean(axis=0)
+        return out, logits[:n], cls[:n]
+
+    return jax.jit(run_augmented if aug_smooth else run)
+
+
+def explain(model: Model, images, method: str | Sequence[str] = "gradcam", targets=None, layer=None, *,
+            target: str | Callable | None = None, preprocessed: bool = False, raw: bool = False,
+            eigen_smooth: bool = False, eigen_sign: str = "max_abs", aug_smooth: bool = False,
+            batch_size: int = 32, method_options: dict | None = None, return_logits: bool = False):
+    """Class activation maps of ``images`` under ``model``.
+
+    Args:
+      images: anything :func:`jaxcam.preprocess` accepts, or (``preprocessed=True``) a model-input batch.
+      method: a name in :data:`jaxcam.METHODS`, a list of names, or ``"all"``. A list returns ``{name: maps}``
+        computed from one shared forward (and one batched backward for the gradient methods).
+      targets: None (each image's predicted class), one class index, or one index per image.
+      layer: a stage name, alias or index (default: the architecture's default CAM layer), or a list of them: the
+        per-layer maps are fused as in pytorch-grad-cam (relu, mean, min-max).
+      target: the target score for methods without an intrinsic one: a name in :data:`jaxcam.targets.TARGETS` or
+        a function ``(logits (C,), cls) -> scalar``. Default: each method's own (``logit`` for most).
+      raw: return the raw per-layer maps at feature resolution (before ReLU and normalisation): a list with one
+        (N, h, w) array per layer, in the order given.
+      eigen_smooth: reduce weighted activations by their first principal component instead of the channel sum.
+      eigen_sign: the SVD sign rule for projections ("max_abs": largest magnitude positive; "svd": LAPACK's).
+      aug_smooth: average over horizontal flips x input scalings (0.9, 1, 1.1), as pytorch-grad-cam does.
+      batch_size: the chunk size of the perturbation methods' extra passes (bounds their memory).
+      method_options: ``{method: {option: value}}``, e.g. ``{"faster_scorecam": {"top_fraction": 0.2}}``.
+      return_logits: also return ``(logits, explained classes)``.
+
+    Returns:
+      (N, H, W) float32 maps in [0, 1] (a dict of them for a list of methods).
+    """
+    names = _resolve_methods(method)
+    idx = _resolve_layers(model, layer)
+    if method == "all":  # every method that applies to these layers
+        names = tuple(n for n in names if not METHODS[n].gap_fc_only or _gap_fc_ok(model, idx))
+    for n in names:
+        _check_gap_fc(model, METHODS[n], idx)
+    x = model.check_input(images if preprocessed else model.preprocess(images))
+    classes = _classes(targets, x.shape[0], model.num_classes)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    user_score = None if target is None else targets_mod.resolve(target)
+    scores = tuple(targets_mod.resolve(METHODS[n].target) if (user_score is None or METHODS[n].intrinsic_target)
+                   else user_score for n in names)
+    options = []
+    for m, opts in (method_options or {}).items():
+        if m not in names:
+            raise UnknownNameError(m, names, "method_options (methods requested)")
+        for k, v in opts.items():
+            if k not in METHODS[m].options:
+                raise UnknownNameError(k, METHODS[m].options, f"options of {m!r}")
+            options.append(((m, k), v))
+    prog = _program(model.graphdef, idx, len(model.stage_names), names, scores, classes is None, raw, eigen_smooth,
+                    eigen_sign, aug_smooth, batch_size, tuple(sorted(options)))
+    result, logits, cls = prog(model.params, x, classes)
+    out = {n: result[n] for n in names} if not isinstance(method, str) or method == "all" else result[names[0]]
+    return (out, logits, cls) if return_logits else out

@@ -1,0 +1,89 @@
+"""The METHODS registry: one literal dict from name to a spec that declares what the method needs.
+
+The driver (:func:`jaxcam.explain`) reads these declarations, so asking for every gradient method costs one
+forward and one (batched) backward; perturbation methods add their head-only or full passes, chunked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import activation, gradient, perturbation
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """``output``: "weighted" (the function returns (h, w, K) weighted activations, reduced by a channel sum or,
+    with ``eigen_smooth``, by their first principal component), "projection" (always the principal component) or
+    "map" (the function returns the (h, w) map). ``target``: the default target score (see :mod:`jaxcam.targets`);
+    ``intrinsic_target`` methods ignore the caller's ``target``. ``cost`` is in passes per image per layer:
+    F = full forward, B = backward from the score to the layer, F_h = head-only forward."""
+
+    name: str
+    fn: Callable
+    family: str
+    output: str
+    gradients: bool
+    cost: str
+    paper: str
+    parity: str
+    hvp: bool = False
+    target: str = "logit"
+    intrinsic_target: bool = False
+    head_passes: str = ""
+    full_forwards: str = ""
+    gap_fc_only: bool = False
+    options: tuple[str, ...] = ()
+
+
+PGC = "pytorch-grad-cam 1.5.7 (golden + live)"
+
+METHODS: dict[str, MethodSpec] = {
+    "gradcam": MethodSpec("gradcam", gradient.gradcam, "gradient", "weighted", True, "1F+1B",
+                          "Selvaraju et al., ICCV 2017", PGC),
+    "gradcam++": MethodSpec("gradcam++", gradient.gradcam_plusplus, "gradient", "weighted", True, "1F+1B",
+                            "Chattopadhay et al., WACV 2018", PGC),
+    "xgradcam": MethodSpec("xgradcam", gradient.xgradcam, "gradient", "weighted", True, "1F+1B",
+                           "Fu et al., BMVC 2020", PGC),
+    "hirescam": MethodSpec("hirescam", gradient.hirescam, "gradient", "weighted", True, "1F+1B",
+                           "Draelos & Carin, arXiv 2011.08891", PGC),
+    "gradcam_elementwise": MethodSpec("gradcam_elementwise", gradient.gradcam_elementwise, "gradient", "weighted",
+                                      True, "1F+1B", "pytorch-grad-cam", PGC),
+    "layercam": MethodSpec("layercam", gradient.layercam, "gradient", "weighted", True, "1F+1B",
+                           "Jiang et al., TIP 2021", PGC),
+    "eigengradcam": MethodSpec("eigengradcam", gradient.eigengradcam, "gradient", "projection", True, "1F+1B",
+                               "pytorch-grad-cam", PGC + ", up to the SVD sign"),
+    "cam": MethodSpec("cam", gradient.cam, "gradient", "weighted", True, "1F+1B", "Zhou et al., CVPR 2016",
+                      "closed form (= Grad-CAM x h*w on GAP+FC heads)", gap_fc_only=True),
+    "shapleycam": MethodSpec("shapleycam", gradient.shapleycam, "gradient", "weighted", True, "1F+1B+HVP",
+                             "Cai et al., arXiv 2501.06261", PGC + " (ReST target)", hvp=True, target="rest"),
+    "finercam": MethodSpec("finercam", gradient.gradcam, "gradient", "weighted", True, "1F+1B",
+                           "Zhang et al., CVPR 2025", PGC, target="finer", intrinsic_target=True),
+    "diffgradcam": MethodSpec("diffgradcam", gradient.gradcam, "gradient", "weighted", True, "1F+1B",
+                              "Piland et al., arXiv 2506.08514", "closed form + invariance tests",
+                              target="logit_difference", intrinsic_target=True),
+    "diffgradcam++": MethodSpec("diffgradcam++", gradient.gradcam_plusplus, "gradient", "weighted", True, "1F+1B",
+                                "Piland et al., arXiv 2506.08514", "closed form + invariance tests",
+                                target="logit_difference", intrinsic_target=True),
+    "eigencam": MethodSpec("eigencam", activation.eigencam, "activation", "projection", False, "1F",
+                           "Muhammad & Yeasin, IJCNN 2020", PGC + ", up to the SVD sign"),
+    "scorecam": MethodSpec("scorecam", perturbation.scorecam, "perturbation", "weighted", False, "1F+K*F",
+                           "Wang et al., CVPR-W 2020", PGC, full_forwards="K"),
+    "faster_scorecam": MethodSpec("faster_scorecam", perturbation.faster_scorecam, "perturbation", "weighted", False,
+                                  "1F+k*F", "Faster Score-CAM (top-variance channels)",
+                                  "closed form (= Score-CAM with all channels)", full_forwards="top_fraction*K",
+                                  options=("top_fraction",)),
+    "ablationcam": MethodSpec("ablationcam", perturbation.ablationcam, "perturbation", "weighted", False,
+                              "1F+K*F_h", "Desai & Ramaswamy, WACV 2020", PGC, head_passes="K"),
+    "reciprocam": MethodSpec("reciprocam", perturbation.reciprocam, "perturbation", "map", False, "1F+hw*F_h",
+                             "Byun & Lee, arXiv 2209.14074", "closed-form tests", head_passes="h*w",
+                             options=("gaussian",)),
+}
+
+
+def gradient_methods() -> list[str]:
+    return [n for n, s in METHODS.items() if s.family == "gradient" and not s.gap_fc_only]
+
+
+__all__ = ["METHODS", "MethodSpec", "gradient_methods"]

@@ -1,0 +1,54 @@
+"""What a method sees: per-example arrays (``Inputs``) and the functions it may call (``Context``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Inputs(NamedTuple):
+    """One example at one layer. ``grads``/``hvp`` are None unless the method declared it needs them."""
+
+    acts: jax.Array            # (h, w, K) target-layer activations A
+    grads: jax.Array | None    # (h, w, K) dS/dA for the method's target score S
+    hvp: jax.Array | None      # (h, w, K) Hessian-vector product (d^2 S / dA^2) A
+    logits: jax.Array          # (C,)
+    cls: jax.Array             # () int32, the class explained
+    image: jax.Array           # (H, W, 3) the model input
+
+
+@dataclass(frozen=True)
+class Context:
+    """Functions a method may call. ``tail`` maps a batch of target-layer activations to logits (the head-only
+    pass); ``forward`` maps a batch of model inputs to logits; ``score(logits (C,), cls)`` is the target."""
+
+    tail: Callable[[jax.Array], jax.Array]
+    forward: Callable[[jax.Array], jax.Array]
+    score: Callable[[jax.Array, jax.Array], jax.Array]
+    batch_size: int
+    key: jax.Array | None = None
+
+
+def channel_sum(weighted: jax.Array) -> jax.Array:
+    """(h, w, K) weighted activations -> (h, w) map."""
+    return jnp.sum(weighted, axis=-1)
+
+
+def first_component(t: jax.Array, sign: str = "max_abs") -> jax.Array:
+    """Projection of the centred (h*w, K) matrix on its first right singular vector, as an (h, w) map
+    (pytorch-grad-cam's ``get_2d_projection``). The SVD's sign is arbitrary: ``sign="max_abs"`` flips the map so
+    that its largest magnitude is positive (Seg-Eigen-CAM's rule, deterministic); ``sign="svd"`` keeps LAPACK's."""
+    h, w, k = t.shape
+    x = t.reshape(h * w, k)
+    x = x - jnp.mean(x, axis=0)
+    _, _, vt = jnp.linalg.svd(x, full_matrices=False)
+    proj = (x @ vt[0]).reshape(h, w)
+    if sign == "max_abs":
+        proj = jnp.where(jnp.abs(jnp.min(proj)) > jnp.abs(jnp.max(proj)), -proj, proj)
+    elif sign != "svd":
+        raise ValueError(f"unknown eigen sign rule {sign!r}; valid: 'max_abs', 'svd'")
+    return proj

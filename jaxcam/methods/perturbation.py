@@ -1,0 +1,89 @@
+"""Perturbation-family methods. Every extra pass runs chunked inside the compiled program (``lax.map`` with
+``batch_size``), so memory is bounded by the chunk, never by the number of channels or positions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ..postprocess import resize_align_corners
+from .base import Context, Inputs
+
+
+def _masks_fn(acts: jax.Array, size: tuple[int, int]):
+    """Score-CAM's mask for channel k: ``minmax(upsample(A_k))`` with ``align_corners=True`` and eps 1e-8."""
+
+    def mask(k):
+        m = resize_align_corners(acts[..., k], size)
+        return (m - m.min()) / (m.max() - m.min() + 1e-8)
+
+    return mask
+
+
+def _channel_scores(inp: Inputs, ctx: Context, channels: jax.Array) -> jax.Array:
+    """Target score of ``x * mask_k`` for each channel k in ``channels`` (one full forward each, chunked)."""
+    mask = _masks_fn(inp.acts, inp.image.shape[:2])
+
+    def score(k):
+        logits = ctx.forward((inp.image * mask(k)[..., None])[None])[0]
+        return ctx.score(logits, inp.cls)
+
+    return jax.lax.map(score, channels, batch_size=ctx.batch_size)
+
+
+def scorecam(inp: Inputs, ctx: Context):
+    """Score-CAM (Wang et al., CVPR-W 2020) as in pytorch-grad-cam 1.5.7: masks ``minmax(upsample(A_k))``
+    (bilinear, align_corners), scores ``s_k = target(f(x * M_k))``, weights ``softmax_k(s)``, map ``sum_k w_k A_k``.
+    Cost 1F + K full forwards, run ``batch_size`` at a time inside one program."""
+    k = inp.acts.shape[-1]
+    return inp.acts * jax.nn.softmax(_channel_scores(inp, ctx, jnp.arange(k)))
+
+
+def faster_scorecam(inp: Inputs, ctx: Context, top_fraction: float = 0.1):
+    """Faster Score-CAM: Score-CAM restricted to the channels of largest spatial variance (``top_fraction`` of
+    them, at least one); the softmax runs over those channels and the others get weight 0. Cost 1F + k forwards."""
+    k = inp.acts.shape[-1]
+    n = max(1, int(round(k * top_fraction)))
+    _, top = jax.lax.top_k(jnp.var(inp.acts, axis=(0, 1)), n)
+    w = jnp.zeros(k, inp.acts.dtype).at[top].set(jax.nn.softmax(_channel_scores(inp, ctx, top)))
+    return inp.acts * w
+
+
+def ablationcam(inp: Inputs, ctx: Context):
+    """Ablation-CAM (Desai & Ramaswamy, WACV 2020): ``w_k = (y - y_k) / y`` where ``y_k`` is the target score with
+    channel k of A set to zero, computed by the head alone (K head passes, chunked; no backbone recomputation).
+    pytorch-grad-cam 1.5.7 ablates to 0 when the activation tensor's minimum is 0 (every post-ReLU layer), which
+    jaxcam matches; for layers with negative values it uses ``min - 1e7`` recomputed in place along each chunk (a
+    chunk-order-dependent quirk): jaxcam follows the paper and ablates to 0 there too."""
+    y = ctx.score(inp.logits, inp.cls)
+
+    def ablated(k):
+        a = inp.acts.at[..., k].set(0.0)
+        return ctx.score(ctx.tail(a[None])[0], inp.cls)
+
+    yk = jax.lax.map(ablated, jnp.arange(inp.acts.shape[-1]), batch_size=ctx.batch_size)
+    safe = jnp.where(y == 0, 1.0, y)  # a zero target score gives zero weights, not NaN (the reference divides by 0)
+    return inp.acts * jnp.where(y == 0, 0.0, (y - yk) / safe)
+
+
+def reciprocam(inp: Inputs, ctx: Context, gaussian: bool = False):
+    """Recipro-CAM (Byun & Lee, 2022): for each position (i, j) keep only ``A[i, j, :]`` (or, with ``gaussian``,
+    its 3x3 neighbourhood weighted [[1,2,1],[2,4,2],[1,2,1]]/16), run the head, and set ``L(i, j) =
+    softmax(head)_c``. Gradient-free; h*w head passes, chunked. Returns the (h, w) map."""
+    h, w, _ = inp.acts.shape
+    ii, jj = jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing="ij")
+    kernel = jnp.asarray([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+
+    def prob(ij):
+        i, j = ij[0], ij[1]
+        if gaussian:
+            di, dj = ii - i, jj - j
+            near = (jnp.abs(di) <= 1) & (jnp.abs(dj) <= 1)
+            weight = jnp.where(near, kernel[jnp.clip(di + 1, 0, 2), jnp.clip(dj + 1, 0, 2)], 0.0)
+        else:
+            weight = ((ii == i) & (jj == j)).astype(inp.acts.dtype)
+        logits = ctx.tail((inp.acts * weight[..., None])[None])[0]
+        return jax.nn.softmax(logits)[inp.cls]
+
+    positions = jnp.stack([ii.ravel(), jj.ravel()], axis=-1)
+    return jax.lax.map(prob, positions, batch_size=ctx.batch_size).reshape(h, w)
