@@ -44,7 +44,7 @@ def first_component(t: jax.Array, sign: str = "max_abs") -> jax.Array:
     that its largest magnitude is positive (Seg-Eigen-CAM's rule, deterministic); ``sign="svd"`` keeps LAPACK's."""
     h, w, k = t.shape
     x = t.reshape(h * w, k)
-    x = x - jnp.mean(x, axis=0)
+    x = x - jnp.mean(x, axis=0, keepdims=True)
     _, _, vt = jnp.linalg.svd(x, full_matrices=False)
     proj = (x @ vt[0]).reshape(h, w)
     if sign == "max_abs":

@@ -13,12 +13,17 @@ from .base import Context, Inputs
 
 
 def _sum_hw(t):
-    return jnp.sum(t, axis=(0, 1))
+    """Per-channel spatial sum, kept (1, 1, K) so it broadcasts against (h, w, K) without rank promotion."""
+    return jnp.sum(t, axis=(0, 1), keepdims=True)
+
+
+def _mean_hw(t):
+    return jnp.mean(t, axis=(0, 1), keepdims=True)
 
 
 def gradcam(inp: Inputs, ctx: Context):
     """Grad-CAM (Selvaraju et al., ICCV 2017): ``w_k = mean_ij G_k``, map ``sum_k w_k A_k``. 1F + 1B."""
-    return inp.acts * jnp.mean(inp.grads, axis=(0, 1))
+    return inp.acts * _mean_hw(inp.grads)
 
 
 def cam(inp: Inputs, ctx: Context):
@@ -71,4 +76,4 @@ def shapleycam(inp: Inputs, ctx: Context):
     Hessian-vector product of the target w.r.t. A in the direction A. Default target: ``rest``
     (``y_c + log softmax_c``), which the paper pairs it with; for a piecewise-linear head and the raw logit the
     Hessian vanishes and ShapleyCAM equals Grad-CAM. 1F + 1B + one forward-over-reverse HVP."""
-    return inp.acts * jnp.mean(inp.grads - 0.5 * inp.hvp, axis=(0, 1))
+    return inp.acts * _mean_hw(inp.grads - 0.5 * inp.hvp)

@@ -36,7 +36,7 @@ def scorecam(inp: Inputs, ctx: Context):
     (bilinear, align_corners), scores ``s_k = target(f(x * M_k))``, weights ``softmax_k(s)``, map ``sum_k w_k A_k``.
     Cost 1F + K full forwards, run ``batch_size`` at a time inside one program."""
     k = inp.acts.shape[-1]
-    return inp.acts * jax.nn.softmax(_channel_scores(inp, ctx, jnp.arange(k)))
+    return inp.acts * jax.nn.softmax(_channel_scores(inp, ctx, jnp.arange(k)))[None, None]
 
 
 def faster_scorecam(inp: Inputs, ctx: Context, top_fraction: float = 0.1):
@@ -46,7 +46,7 @@ def faster_scorecam(inp: Inputs, ctx: Context, top_fraction: float = 0.1):
     n = max(1, int(round(k * top_fraction)))
     _, top = jax.lax.top_k(jnp.var(inp.acts, axis=(0, 1)), n)
     w = jnp.zeros(k, inp.acts.dtype).at[top].set(jax.nn.softmax(_channel_scores(inp, ctx, top)))
-    return inp.acts * w
+    return inp.acts * w[None, None]
 
 
 def ablationcam(inp: Inputs, ctx: Context):
@@ -63,7 +63,7 @@ def ablationcam(inp: Inputs, ctx: Context):
 
     yk = jax.lax.map(ablated, jnp.arange(inp.acts.shape[-1]), batch_size=ctx.batch_size)
     safe = jnp.where(y == 0, 1.0, y)  # a zero target score gives zero weights, not NaN (the reference divides by 0)
-    return inp.acts * jnp.where(y == 0, 0.0, (y - yk) / safe)
+    return inp.acts * jnp.where(y == 0, 0.0, (y - yk) / safe)[None, None]
 
 
 def reciprocam(inp: Inputs, ctx: Context, gaussian: bool = False):

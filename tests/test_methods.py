@@ -1,0 +1,218 @@
+"""The methods engine: registry battery (jit == eager, vmap == loop), one pass for all gradient methods,
+no recompiles, closed-form identities, degenerate inputs, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcam
+from jaxcam import METHODS, explain
+from jaxcam._explain import TRACE_COUNT
+from jaxcam.methods import gradient_methods
+
+from .toy import toy_input, toy_model
+
+
+@pytest.fixture(scope="module")
+def x64():
+    return jnp.asarray(np.random.default_rng(1).standard_normal((2, 64, 64, 3)).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def all_layer3(resnet18, x64):
+    return explain(resnet18, x64, "all", layer="layer3", preprocessed=True, batch_size=64)
+
+
+def test_registry_declares_everything():
+    for name, spec in METHODS.items():
+        assert spec.name == name and callable(spec.fn)
+        assert spec.family in ("gradient", "activation", "perturbation")
+        assert spec.output in ("weighted", "projection", "map")
+        assert spec.gradients == (spec.family == "gradient")
+        assert spec.paper and spec.parity and spec.cost
+    assert {"gradcam", "gradcam++", "scorecam", "ablationcam", "eigencam", "finercam"} <= set(METHODS)
+
+
+def test_all_methods_give_maps_in_unit_range(all_layer3):
+    assert list(all_layer3) == [n for n in METHODS if n != "cam"]  # CAM needs a GAP+FC head: not at layer3
+    for name, maps in all_layer3.items():
+        maps = np.asarray(maps)
+        assert maps.shape == (2, 64, 64) and maps.dtype == np.float32, name
+        assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1, name
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if n != "cam"])
+def test_vmap_equals_loop(name, resnet18, x64, all_layer3):
+    one = [explain(resnet18, x64[i:i + 1], name, layer="layer3", preprocessed=True, batch_size=64)[0]
+           for i in range(2)]
+    np.testing.assert_allclose(np.stack(one), all_layer3[name], atol=2e-5)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_jit_equals_eager(name):
+    model = toy_model()
+    x = toy_input()
+    jitted = explain(model, x, name, layer="relu", preprocessed=True, batch_size=4)
+    with jax.disable_jit():
+        eager = explain(model, x, name, layer="relu", preprocessed=True, batch_size=4)
+    np.testing.assert_allclose(jitted, eager, atol=2e-5)
+
+
+def _count(jaxpr, prim):
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += eqn.primitive.name == prim
+        for p in eqn.params.values():
+            for sub in (p if isinstance(p, (list, tuple)) else [p]):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    n += _count(inner, prim)
+    return n
+
+
+def _convs(model, x, methods, layer):
+    from jaxcam import _explain
+
+    idx = _explain._resolve_layers(model, layer)
+    scores = tuple(jaxcam.targets.resolve(METHODS[m].target) for m in methods)
+    prog = _explain._program(model.graphdef, idx, len(model.stage_names), tuple(methods), scores, True, False, False,
+                             "max_abs", False, 32, ())
+    return _count(jax.make_jaxpr(prog)(model.params, x, None).jaxpr, "conv_general_dilated")
+
+
+def test_all_gradient_methods_share_one_forward_and_one_backward(resnet18, x64):
+    """ResNet-18 has 20 convolutions; from layer3 the backward crosses layer4's 5. One method or all first-order
+    gradient methods (three different target scores among them) trace the same 25 convolutions."""
+    first_order = [m for m in gradient_methods() if not METHODS[m].hvp]
+    assert len(first_order) >= 10
+    assert _convs(resnet18, x64, ["gradcam"], "layer3") == 25
+    assert _convs(resnet18, x64, first_order, "layer3") == 25
+    assert _convs(resnet18, x64, ["eigencam"], "layer3") == 20  # no gradient, no backward
+
+
+def test_new_classes_and_batches_do_not_recompile(resnet18, x64):
+    explain(resnet18, x64, ["gradcam", "layercam"], targets=[1, 2], preprocessed=True)
+    before = TRACE_COUNT["explain"]
+    explain(resnet18, x64, ["gradcam", "layercam"], targets=[7, 999], preprocessed=True)
+    explain(resnet18, x64 * 0.5, ["gradcam", "layercam"], targets=3, preprocessed=True)
+    assert TRACE_COUNT["explain"] == before
+    explain(resnet18, x64, ["gradcam", "layercam"], preprocessed=True)  # predicted targets: a new program
+    assert TRACE_COUNT["explain"] == before + 1
+
+
+def test_given_targets_are_used(resnet18, x64):
+    _, logits, cls = explain(resnet18, x64, "gradcam", preprocessed=True, return_logits=True)
+    assert cls.tolist() == np.argmax(logits, -1).tolist()
+    _, _, cls = explain(resnet18, x64, "gradcam", targets=[3, 4], preprocessed=True, return_logits=True)
+    assert cls.tolist() == [3, 4]
+
+
+def test_gap_fc_identities():
+    """On a GAP + FC head the gradient is W_c / (h w) everywhere, so Grad-CAM, HiResCAM and XGrad-CAM give the same
+    raw map and CAM gives h*w times it; Recipro-CAM has a closed form."""
+    model = toy_model()
+    x = toy_input()
+    raw = explain(model, x, ["gradcam", "hirescam", "xgradcam", "cam", "shapleycam", "reciprocam", "eigencam"],
+                  layer="relu", preprocessed=True, raw=True, target="logit")
+    g = np.asarray(raw["gradcam"][0])
+    hw = g.shape[1] * g.shape[2]
+    np.testing.assert_allclose(raw["hirescam"][0], g, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(raw["xgradcam"][0], g, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(raw["cam"][0], g * hw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(raw["shapleycam"][0], g, rtol=1e-5, atol=1e-6)  # linear head: zero Hessian
+    # Recipro-CAM: keeping only position (i, j) -> GAP gives A_ij / (h w) -> softmax_c(W A_ij / hw + b)
+    features_fn, _ = model.split("relu")
+    a = np.asarray(features_fn(x))
+    kernel, bias = (np.asarray(model.params["head"]["fc"][k][...]) for k in ("kernel", "bias"))
+    logits = a / hw @ kernel + bias
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    cls = np.argmax(np.asarray(model(x)), -1)
+    want = np.stack([p[n, :, :, cls[n]] for n in range(2)])
+    np.testing.assert_allclose(raw["reciprocam"][0], want, rtol=1e-5, atol=1e-6)
+    # Eigen-CAM: the first principal component, sign fixed so the largest magnitude is positive
+    flat = a[0].reshape(-1, a.shape[-1]) - a[0].reshape(-1, a.shape[-1]).mean(0)
+    proj = flat @ np.linalg.svd(flat, full_matrices=False)[2][0]
+    proj = -proj if abs(proj.min()) > abs(proj.max()) else proj
+    np.testing.assert_allclose(raw["eigencam"][0][0].ravel(), proj, rtol=1e-4, atol=1e-5)
+
+
+def test_diffgradcam_ignores_a_shared_logit_offset():
+    """Passive fooling (DiffGradCAM paper): adding g(A) to every logit leaves probabilities and DiffGradCAM unchanged
+    but changes Grad-CAM."""
+    honest, fooled = toy_model(offset=0.0), toy_model(offset=3.0)
+    x = toy_input()
+    a = explain(honest, x, ["diffgradcam", "diffgradcam++", "gradcam"], layer="relu", preprocessed=True, raw=True)
+    b = explain(fooled, x, ["diffgradcam", "diffgradcam++", "gradcam"], layer="relu", preprocessed=True, raw=True)
+    np.testing.assert_allclose(jax.nn.softmax(honest(x)), jax.nn.softmax(fooled(x)), atol=1e-6)
+    np.testing.assert_allclose(a["diffgradcam"][0], b["diffgradcam"][0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a["diffgradcam++"][0], b["diffgradcam++"][0], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(a["gradcam"][0], b["gradcam"][0], rtol=1e-2)
+
+
+def test_faster_scorecam_with_all_channels_is_scorecam():
+    model, x = toy_model(), toy_input()
+    both = explain(model, x, ["scorecam", "faster_scorecam"], layer="relu", preprocessed=True, raw=True,
+                   method_options={"faster_scorecam": {"top_fraction": 1.0}})
+    np.testing.assert_allclose(both["faster_scorecam"][0], both["scorecam"][0], rtol=1e-5, atol=1e-6)
+    top = explain(model, x, "faster_scorecam", layer="relu", preprocessed=True, raw=True,
+                  method_options={"faster_scorecam": {"top_fraction": 0.34}})
+    assert top[0].shape == both["scorecam"][0].shape
+
+
+def test_degenerate_inputs_give_defined_maps():
+    """A zero head (zero gradients, zero target scores) and constant images: finite maps, zero where undefined."""
+    model = toy_model(zero_head=True)
+    for x in (toy_input(), jnp.zeros((2, 32, 32, 3)), jnp.full((2, 32, 32, 3), 0.3)):
+        maps = explain(model, x, "all", layer="relu", preprocessed=True, batch_size=4)
+        for name, m in maps.items():
+            m = np.asarray(m)
+            assert np.isfinite(m).all() and m.min() >= 0 and m.max() <= 1, name
+            if METHODS[name].gradients or name == "ablationcam":
+                assert m.max() == 0, name
+
+
+def test_multi_layer_and_raw_outputs(resnet18, x64):
+    raw = explain(resnet18, x64, "gradcam", layer=["layer4", "layer3"], preprocessed=True, raw=True)
+    assert [r.shape for r in raw] == [(2, 2, 2), (2, 4, 4)]  # in the order asked, at feature resolution
+    fused = explain(resnet18, x64, "gradcam", layer=["layer3", "layer4"], preprocessed=True)
+    from jaxcam.postprocess import fuse, layer_map
+
+    want = jax.vmap(lambda a, b: fuse([layer_map(a, (64, 64)), layer_map(b, (64, 64))]))(raw[1], raw[0])
+    np.testing.assert_allclose(fused, want, atol=1e-6)
+
+
+def test_eigen_smooth_and_aug_smooth_run(resnet18, x64):
+    e = explain(resnet18, x64, "gradcam", preprocessed=True, eigen_smooth=True)
+    a = explain(resnet18, x64, "gradcam", preprocessed=True, aug_smooth=True)
+    assert e.shape == a.shape == (2, 64, 64) and np.isfinite(a).all() and float(a.max()) <= 1
+
+
+def test_errors(resnet18, x64):
+    with pytest.raises(jaxcam.UnknownNameError, match="gradcam\\+\\+"):
+        explain(resnet18, x64, "gradcamm", preprocessed=True)
+    with pytest.raises(jaxcam.UnknownLayerError, match="layer5"):
+        explain(resnet18, x64, "gradcam", layer="layer5", preprocessed=True)
+    with pytest.raises(jaxcam.UnknownLayerError, match="not a feature map"):
+        explain(resnet18, x64, "gradcam", layer="fc", preprocessed=True)
+    with pytest.raises(jaxcam.UnknownLayerError, match="global average pooling"):
+        explain(resnet18, x64, "cam", layer="layer3", preprocessed=True)
+    with pytest.raises(jaxcam.ClassIndexError, match="1000 out of range"):
+        explain(resnet18, x64, "gradcam", targets=[1, 1000], preprocessed=True)
+    with pytest.raises(jaxcam.ClassIndexError, match="3 class indices for 2 images"):
+        explain(resnet18, x64, "gradcam", targets=[1, 2, 3], preprocessed=True)
+    with pytest.raises(jaxcam.ClassIndexError, match="class index"):
+        explain(resnet18, x64, "gradcam", targets=[0.5, 1.0], preprocessed=True)
+    with pytest.raises(jaxcam.ImageShapeError):
+        explain(resnet18, x64[0], "gradcam", preprocessed=True)
+    with pytest.raises(jaxcam.UnknownNameError, match="top_fraction"):
+        explain(resnet18, x64, "faster_scorecam", preprocessed=True, method_options={"faster_scorecam": {"k": 3}})
+    with pytest.raises(jaxcam.UnknownNameError, match="target score"):
+        explain(resnet18, x64, "gradcam", preprocessed=True, target="logits")
+
+
+def test_user_target_function(resnet18, x64):
+    a = explain(resnet18, x64, "gradcam", preprocessed=True, target=lambda y, c: 2.0 * y[c])
+    b = explain(resnet18, x64, "gradcam", preprocessed=True)
+    np.testing.assert_allclose(a, b, atol=1e-5)  # a positive scale of the score does not change the map
