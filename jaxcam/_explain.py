@@ -20,8 +20,10 @@ from . import targets as targets_mod
 from .errors import ClassIndexError, UnknownLayerError, UnknownNameError
 from .methods import METHODS, MethodSpec
 from .methods.base import Context, Inputs, channel_sum, first_component
+from .methods.fullgrad import fullgrad
 from .models.model import Model, StageRange
-from .postprocess import postprocess
+from .models.taps import bias_layers, full_gradients
+from .postprocess import minmax, postprocess
 
 TRACE_COUNT = {"explain": 0}  # incremented each time a program is traced (tests count compilations with it)
 
@@ -80,16 +82,19 @@ def _classes(targets, n: int, num_classes: int):
 @functools.cache
 def _program(graphdef, idx: tuple[int, ...], n_stages: int, methods: tuple[str, ...], scores: tuple,
              predicted: bool, raw: bool, eigen_smooth: bool, eigen_sign: str, aug_smooth: bool, batch_size: int,
-             options: tuple):
-    """Build and jit the whole computation for one static configuration."""
+             options: tuple, biases: tuple = ()):
+    """Build and jit the whole computation for one static configuration (``biases``: FullGrad's effective
+    biases, as hashable ``(path, bytes)`` pairs, only when FullGrad is requested)."""
     specs = [METHODS[m] for m in methods]
+    bias_arrays = [np.frombuffer(b, np.float32) for _, b in biases]
     order = sorted(set(idx))
     body = StageRange(graphdef, 0, order[0] + 1)
     mids = [StageRange(graphdef, a + 1, b + 1) for a, b in zip(order[:-1], order[1:])]
     head = StageRange(graphdef, order[-1] + 1, n_stages)
     tails = {i: StageRange(graphdef, i + 1, n_stages) for i in order}
     forward = StageRange(graphdef, 0, n_stages)
-    grad_scores = tuple(dict.fromkeys(s for s, spec in zip(scores, specs) if spec.gradients))
+    grad_scores = tuple(dict.fromkeys(s for s, spec in zip(scores, specs)
+                                      if spec.gradients and spec.output != "whole_network"))
     hvp_scores = tuple(dict.fromkeys(s for s, spec in zip(scores, specs) if spec.hvp))
     opts = dict(options)
 
@@ -142,11 +147,20 @@ def _program(graphdef, idx: tuple[int, ...], n_stages: int, methods: tuple[str, 
             return jax.vmap(lambda t: first_component(t, eigen_sign))(out)
         return jax.vmap(channel_sum)(out)
 
+    def whole_network(spec, score, params, x, cls):
+        _, gx, gtaps = full_gradients(graphdef, params, x, lambda lg: jnp.sum(jax.vmap(score)(lg, cls)))
+        size = x.shape[1:3]
+        total = jax.vmap(lambda *a: fullgrad(a[0], a[1], a[2:], bias_arrays, size))(x, gx, *gtaps)
+        return [total] if raw else jax.vmap(minmax)(total)
+
     def run(params, x, classes):
         TRACE_COUNT["explain"] += 1
         logits, cls, acts, grads, hvps = capture(params, x, classes)
         result = {}
         for spec, score in zip(specs, scores):
+            if spec.output == "whole_network":
+                result[spec.name] = whole_network(spec, score, params, x, cls)
+                continue
             raws = [raw_map(spec, score, params, x, logits, cls, acts, grads, hvps, i) for i in idx]
             if raw:
                 result[spec.name] = raws
@@ -222,8 +236,11 @@ def explain(model: Model, images, method: str | Sequence[str] = "gradcam", targe
             if k not in METHODS[m].options:
                 raise UnknownNameError(k, METHODS[m].options, f"options of {m!r}")
             options.append(((m, k), v))
+    if eigen_smooth and "fullgrad" in names:
+        raise ValueError("eigen_smooth is not supported for 'fullgrad' (it ignores the target layer)")
+    biases = tuple((p, b.tobytes()) for p, b in bias_layers(model)) if "fullgrad" in names else ()
     prog = _program(model.graphdef, idx, len(model.stage_names), names, scores, classes is None, raw, eigen_smooth,
-                    eigen_sign, aug_smooth, batch_size, tuple(sorted(options)))
+                    eigen_sign, aug_smooth, batch_size, tuple(sorted(options)), biases)
     result, logits, cls = prog(model.params, x, classes)
     out = {n: result[n] for n in names} if not isinstance(method, str) or method == "all" else result[names[0]]
     return (out, logits, cls) if return_logits else out

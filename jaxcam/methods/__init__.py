@@ -9,14 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import activation, gradient, perturbation
+from . import activation, fullgrad, gradient, perturbation
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     """``output``: "weighted" (the function returns (h, w, K) weighted activations, reduced by a channel sum or,
-    with ``eigen_smooth``, by their first principal component), "projection" (always the principal component) or
-    "map" (the function returns the (h, w) map). ``target``: the default target score (see :mod:`jaxcam.targets`);
+    with ``eigen_smooth``, by their first principal component), "projection" (always the principal component),
+    "map" (the function returns the (h, w) map) or "whole_network" (FullGrad: gradients at every bias layer and the
+    input, the target layer is ignored). ``target``: the default target score (see :mod:`jaxcam.targets`);
     ``intrinsic_target`` methods ignore the caller's ``target``. ``cost`` is in passes per image per layer:
     F = full forward, B = backward from the score to the layer, F_h = head-only forward."""
 
@@ -66,6 +67,8 @@ METHODS: dict[str, MethodSpec] = {
     "diffgradcam++": MethodSpec("diffgradcam++", gradient.gradcam_plusplus, "gradient", "weighted", True, "1F+1B",
                                 "Piland et al., arXiv 2506.08514", "closed form + invariance tests",
                                 target="logit_difference", intrinsic_target=True),
+    "fullgrad": MethodSpec("fullgrad", fullgrad.fullgrad, "gradient", "whole_network", True, "1F+1B (to the input)",
+                           "Srinivas & Fleuret, NeurIPS 2019", PGC),
     "eigencam": MethodSpec("eigencam", activation.eigencam, "activation", "projection", False, "1F",
                            "Muhammad & Yeasin, IJCNN 2020", PGC + ", up to the SVD sign"),
     "scorecam": MethodSpec("scorecam", perturbation.scorecam, "perturbation", "weighted", False, "1F+K*F",
@@ -83,7 +86,9 @@ METHODS: dict[str, MethodSpec] = {
 
 
 def gradient_methods() -> list[str]:
-    return [n for n, s in METHODS.items() if s.family == "gradient" and not s.gap_fc_only]
+    """The gradient methods that take any target layer (not CAM, which needs a GAP+FC head; not FullGrad)."""
+    return [n for n, s in METHODS.items() if s.family == "gradient" and not s.gap_fc_only
+            and s.output != "whole_network"]
 
 
 __all__ = ["METHODS", "MethodSpec", "gradient_methods"]

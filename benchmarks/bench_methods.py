@@ -1,0 +1,123 @@
+"""jaxcam's methods engine against pytorch-grad-cam 1.5.7 on identical weights and inputs (CPU by default).
+
+Workloads (ResNet-50, batch 8 at 224x224 unless told otherwise; same random weights converted by jaxcam; same
+preprocessed photographs): Grad-CAM alone; every gradient method pytorch-grad-cam has, in one jaxcam call against one
+pytorch-grad-cam call per method; Ablation-CAM and Score-CAM (a smaller batch: pytorch-grad-cam needs K forwards per
+image, so its single timed run is already minutes); and the bare jitted forward pass as the physical floor. Maps are compared before anything is
+timed. Writes benchmarks/results/methods-<device>.json.
+
+    pip install -e '.[torch]' && python benchmarks/bench_methods.py [--batch 8] [--perturbation-batch 1] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's progress bars
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import check_agreement, environment, timeit, write  # noqa: E402
+
+import jaxcam  # noqa: E402
+from jaxcam.models import random_state_dict  # noqa: E402
+from jaxcam.models.architectures import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+PGC_GRADIENT = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
+                "hirescam": "HiResCAM", "gradcam_elementwise": "GradCAMElementWise", "layercam": "LayerCAM",
+                "eigengradcam": "EigenGradCAM"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="resnet50")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--perturbation-batch", type=int, default=1, help="batch for Ablation-CAM and Score-CAM")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    import pytorch_grad_cam as pgc
+    import torch
+    import torchvision
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.set_num_threads(args.threads)
+    sd = random_state_dict(args.model, seed=0)
+    model = jaxcam.load_model(args.model, weights=sd)
+    tm = getattr(torchvision.models, args.model)()
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
+    tm.eval()
+    layer = [tm.layer4[-1]]
+    photos = list(jaxcam.sample_images().values())
+    x = jaxcam.preprocess([photos[i % len(photos)] for i in range(args.batch)], size=args.size,
+                          mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    xj = jax.device_put(x)
+    classes = np.argmax(np.asarray(model(xj)), -1)
+    tt = [ClassifierOutputTarget(int(c)) for c in classes]
+    res = {"env": environment(), "model": args.model, "batch": args.batch, "size": args.size, "dtype": "float32",
+           "layer": "layer4", "workloads": {}}
+
+    def record(name, ours_fn, ref_fn, ours_out, ref_out, tol=1e-3, ref_repeats=None):
+        agree = check_agreement(name, ours_out, ref_out, atol=tol)
+        o, r = timeit(ours_fn, args.repeats), timeit(ref_fn, ref_repeats or args.repeats, warmup=0)
+        res["workloads"][name] = {"jaxcam": o, "reference": r, "speedup": r["median_s"] / o["median_s"], **agree}
+        print(f"{name:28s} jaxcam {o['median_s'] * 1e3:9.1f} ms (first call {o['first_s']:.2f} s)  "
+              f"reference {r['median_s'] * 1e3:9.1f} ms  speed-up {r['median_s'] / o['median_s']:6.1f}x", flush=True)
+
+    def ours(method, n=None, **kw):
+        xx = xj if n is None else xj[:n]
+        return lambda: jax.block_until_ready(jaxcam.explain(model, xx, method, preprocessed=True, **kw))
+
+    def ref(cls, n=None, **kw):
+        cam = getattr(pgc, cls)(tm, layer, **kw)
+        xx, targets = (xt, tt) if n is None else (xt[:n], tt[:n])
+        return lambda: cam(xx, targets=targets)
+
+    # Grad-CAM alone, and the floor: the bare jitted forward
+    gc_ours, gc_ref = ours("gradcam"), ref("GradCAM")  # one reference object: each one hooks the layer
+    record("gradcam", gc_ours, gc_ref, gc_ours(), gc_ref())
+    fwd = jax.jit(lambda p, v: model.forward_fn.func(p, v))
+    floor = timeit(lambda: jax.block_until_ready(fwd(model.params, xj)), args.repeats)
+    res["workloads"]["bare_forward"] = {"jaxcam": floor}
+    res["gradcam_over_forward"] = res["workloads"]["gradcam"]["jaxcam"]["median_s"] / floor["median_s"]
+    print(f"bare jitted forward          {floor['median_s'] * 1e3:9.1f} ms; Grad-CAM / forward = "
+          f"{res['gradcam_over_forward']:.2f}", flush=True)
+
+    # every gradient method: one jaxcam call against one pytorch-grad-cam call per method
+    names = list(PGC_GRADIENT)
+    all_ours = ours(names)
+    refs = [ref(PGC_GRADIENT[n]) for n in names]
+    got = all_ours()
+    for n, r in zip(names, refs):
+        if n != "eigengradcam":  # compared up to the SVD sign by the parity tests
+            check_agreement(n, got[n], r())
+    o, r = timeit(all_ours, args.repeats), timeit(lambda: [f() for f in refs], args.repeats)
+    res["workloads"]["all_gradient_methods"] = {"methods": names, "jaxcam": o, "reference": r,
+                                                "speedup": r["median_s"] / o["median_s"]}
+    print(f"{'all gradient methods (' + str(len(names)) + ')':28s} jaxcam {o['median_s'] * 1e3:9.1f} ms  reference "
+          f"{r['median_s'] * 1e3:9.1f} ms  speed-up {r['median_s'] / o['median_s']:6.1f}x", flush=True)
+
+    n = args.perturbation_batch  # the reference needs K (2048) forwards per image: keep its run short
+    ab_ours, ab_ref = ours("ablationcam", n=n, batch_size=256), ref("AblationCAM", n=n, batch_size=32)
+    record(f"ablationcam (batch {n})", ab_ours, ab_ref, ab_ours(), ab_ref(), ref_repeats=1)
+    sc_ref = getattr(pgc, "ScoreCAM")(tm, layer)
+    sc_ref.batch_size = 32
+    sc_ours = ours("scorecam", n=n, batch_size=32)
+    record(f"scorecam (batch {n})", sc_ours, lambda: sc_ref(xt[:n], targets=tt[:n]), sc_ours(),
+           sc_ref(xt[:n], targets=tt[:n]), ref_repeats=1)
+    out = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                   f"methods-{args.model}-b{args.batch}-{jax.devices()[0].platform}.json")
+    write(res, out)
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()

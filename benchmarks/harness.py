@@ -1,0 +1,68 @@
+"""Timing harness shared by the benchmarks: warm-up, compile time apart, medians over repeats, parity first."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from importlib import metadata
+
+import numpy as np
+
+
+def timeit(fn, repeats: int = 5, warmup: int = 1) -> dict:
+    """Run ``fn`` (which must block until its result is ready) ``warmup`` times, then ``repeats`` times. The first
+    warm-up call's time is reported separately (``first_s``: compilation for jitted code); with ``warmup=0`` the
+    caller has already warmed ``fn`` up (for example while checking agreement)."""
+    first = None
+    for i in range(warmup):
+        t0 = time.perf_counter()
+        fn()
+        first = time.perf_counter() - t0 if i == 0 else first
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"first_s": first, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "repeats": repeats}
+
+
+def check_agreement(name: str, ours, reference, atol: float = 1e-3, min_r: float = 0.999) -> dict:
+    """Refuse to time two programs that give different answers: max |diff| <= atol and Pearson r >= min_r."""
+    a, b = np.asarray(ours, np.float64).ravel(), np.asarray(reference, np.float64).ravel()
+    diff = float(np.abs(a - b).max())
+    r = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float(np.allclose(a, b))
+    if diff > atol or r < min_r:
+        raise SystemExit(f"{name}: outputs disagree (max |diff| {diff:.3g}, r {r:.6f}); refusing to benchmark")
+    return {"max_abs_diff": diff, "pearson_r": r}
+
+
+def environment() -> dict:
+    import jax
+
+    versions = {}
+    for pkg in ("jax", "jaxlib", "flax", "numpy", "torch", "torchvision", "grad-cam", "torchcam"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        import torch
+
+        threads = torch.get_num_threads()
+    except ImportError:
+        threads = None
+    return {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "jax_devices": [str(d) for d in jax.devices()],
+            "torch_threads": threads, "versions": versions,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def write(results: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
