@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from .errors import ClassIndexError, UnknownLayerError, UnknownNameError
 from .methods import METHODS, MethodSpec
 from .methods.base import Context, Inputs, channel_sum, first_component
 from .methods.fullgrad import fullgrad
+from .methods.multipass import META_MEMBERS, cameras, default_scales, metacam
 from .models.model import Model, StageRange
 from .models.taps import bias_layers, full_gradients
 from .postprocess import minmax, postprocess
@@ -79,24 +81,46 @@ def _classes(targets, n: int, num_classes: int):
     return jnp.asarray(arr, jnp.int32)
 
 
+@dataclass(frozen=True)
+class Config:
+    """Everything static about one explain() program: a change here compiles a new program."""
+
+    idx: tuple[int, ...]
+    n_stages: int
+    methods: tuple[str, ...]
+    scores: tuple
+    raw: bool
+    eigen_smooth: bool
+    eigen_sign: str
+    aug_smooth: bool
+    noise_samples: int
+    noise_std: float
+    batch_size: int
+    options: tuple
+    mean: tuple
+    std: tuple
+    biases: tuple = ()  # FullGrad's effective biases as (path, bytes), only when it is requested
+
+
 @functools.cache
-def _program(graphdef, idx: tuple[int, ...], n_stages: int, methods: tuple[str, ...], scores: tuple,
-             predicted: bool, raw: bool, eigen_smooth: bool, eigen_sign: str, aug_smooth: bool, batch_size: int,
-             options: tuple, biases: tuple = ()):
-    """Build and jit the whole computation for one static configuration (``biases``: FullGrad's effective
-    biases, as hashable ``(path, bytes)`` pairs, only when FullGrad is requested)."""
-    specs = [METHODS[m] for m in methods]
-    bias_arrays = [np.frombuffer(b, np.float32) for _, b in biases]
-    order = sorted(set(idx))
+def _program(graphdef, cfg: Config):
+    """Build and jit the whole computation for one static configuration."""
+    specs = [METHODS[m] for m in cfg.methods]
+    bias_arrays = [np.frombuffer(b, np.float32) for _, b in cfg.biases]
+    order = sorted(set(cfg.idx))
     body = StageRange(graphdef, 0, order[0] + 1)
     mids = [StageRange(graphdef, a + 1, b + 1) for a, b in zip(order[:-1], order[1:])]
-    head = StageRange(graphdef, order[-1] + 1, n_stages)
-    tails = {i: StageRange(graphdef, i + 1, n_stages) for i in order}
-    forward = StageRange(graphdef, 0, n_stages)
-    grad_scores = tuple(dict.fromkeys(s for s, spec in zip(scores, specs)
-                                      if spec.gradients and spec.output != "whole_network"))
-    hvp_scores = tuple(dict.fromkeys(s for s, spec in zip(scores, specs) if spec.hvp))
-    opts = dict(options)
+    head = StageRange(graphdef, order[-1] + 1, cfg.n_stages)
+    features = {i: StageRange(graphdef, 0, i + 1) for i in order}
+    tails = {i: StageRange(graphdef, i + 1, cfg.n_stages) for i in order}
+    forward = StageRange(graphdef, 0, cfg.n_stages)
+    single = [(spec, s) for spec, s in zip(specs, cfg.scores) if spec.output in ("weighted", "projection", "map")]
+    grad_scores = tuple(dict.fromkeys(s for spec, s in single if spec.gradients))
+    hvp_scores = tuple(dict.fromkeys(s for spec, s in single if spec.hvp))
+    opts = dict(cfg.options)
+
+    def option(spec, name, default=None):
+        return opts.get((spec.name, name), default)
 
     def chain(params, a1, deltas):
         acts, a = [a1], a1
@@ -107,18 +131,17 @@ def _program(graphdef, idx: tuple[int, ...], n_stages: int, methods: tuple[str, 
 
     def capture(params, x, classes):
         a1 = body(params, x)
-        shapes = []
-        a = jax.eval_shape(lambda p, v: v, params, a1)
+        shapes, a = [], jax.eval_shape(lambda v: v, a1)
         for mid in mids:
             a = jax.eval_shape(mid, params, a)
             shapes.append(a)
-        deltas = [jnp.zeros(s.shape, s.dtype) for s in shapes]
-        grads = {}
+        deltas = [jnp.zeros(sh.shape, sh.dtype) for sh in shapes]
         if grad_scores:
             logits, vjp_fn, acts = jax.vjp(lambda a1_, d_: chain(params, a1_, d_), a1, deltas, has_aux=True)
         else:
             logits, acts = chain(params, a1, deltas)
-        cls = jnp.argmax(logits, axis=-1).astype(jnp.int32) if predicted else classes
+        cls = jnp.argmax(logits, axis=-1).astype(jnp.int32) if classes is None else classes
+        grads = {}
         if grad_scores:
             cots = jnp.stack([jax.vmap(jax.grad(s))(logits, cls) for s in grad_scores])
             g1, gd = jax.vmap(vjp_fn)(cots)  # one backward through the head, batched over target scores
@@ -134,64 +157,93 @@ def _program(graphdef, idx: tuple[int, ...], n_stages: int, methods: tuple[str, 
                 hvps[s][i] = jax.jvp(grad_at, (acts[j],), (acts[j],))[1]
         return logits, cls, {i: acts[j] for j, i in enumerate(order)}, grads, hvps
 
-    def raw_map(spec, score, params, x, logits, cls, acts, grads, hvps, i):
+    def layer_raw(spec, score, params, x, keys, cap, i):
+        logits, cls, acts, grads, hvps = cap
+        if spec.output == "multiscale":
+            scales = option(spec, "scales") or default_scales(x.shape[1])
+            return cameras(x, cls, jax.tree_util.Partial(features[i], params),
+                           jax.tree_util.Partial(tails[i], params), score, scales)
         ctx = Context(tail=jax.tree_util.Partial(tails[i], params), forward=jax.tree_util.Partial(forward, params),
-                      score=score, batch_size=batch_size)
-        inputs = Inputs(acts[i], grads[score][i] if spec.gradients else None,
-                        hvps[score][i] if spec.hvp else None, logits, cls, x)
+                      score=score, batch_size=cfg.batch_size, mean=cfg.mean, std=cfg.std)
+        inputs = Inputs(acts[i], grads[score][i] if spec.gradients else None, hvps[score][i] if spec.hvp else None,
+                        logits, cls, x, keys)
         kwargs = {k: opts[(spec.name, k)] for k in spec.options if (spec.name, k) in opts}
         out = jax.vmap(lambda inp: spec.fn(inp, ctx, **kwargs))(inputs)
         if spec.output == "map":
             return out
-        if spec.output == "projection" or eigen_smooth:
-            return jax.vmap(lambda t: first_component(t, eigen_sign))(out)
+        if spec.output == "projection" or cfg.eigen_smooth:
+            return jax.vmap(lambda t: first_component(t, cfg.eigen_sign))(out)
         return jax.vmap(channel_sum)(out)
 
-    def whole_network(spec, score, params, x, cls):
+    def whole_network(score, params, x, cls):
         _, gx, gtaps = full_gradients(graphdef, params, x, lambda lg: jnp.sum(jax.vmap(score)(lg, cls)))
         size = x.shape[1:3]
         total = jax.vmap(lambda *a: fullgrad(a[0], a[1], a[2:], bias_arrays, size))(x, gx, *gtaps)
-        return [total] if raw else jax.vmap(minmax)(total)
+        return [total] if cfg.raw else jax.vmap(minmax)(total)
 
-    def run(params, x, classes):
+    def run(params, x, classes, key):
         TRACE_COUNT["explain"] += 1
-        logits, cls, acts, grads, hvps = capture(params, x, classes)
+        # every example draws from the same key: a map never depends on the image's position in the batch
+        keys = jnp.broadcast_to(key, x.shape[:1])
+        cap = capture(params, x, classes)
+        cls = cap[1]
+        size = x.shape[1:3]
         result = {}
-        for spec, score in zip(specs, scores):
+        for spec, score in zip(specs, cfg.scores):
             if spec.output == "whole_network":
-                result[spec.name] = whole_network(spec, score, params, x, cls)
-                continue
-            raws = [raw_map(spec, score, params, x, logits, cls, acts, grads, hvps, i) for i in idx]
-            if raw:
-                result[spec.name] = raws
-            else:
-                size = x.shape[1:3]
-                result[spec.name] = jax.vmap(lambda *r: postprocess(list(r), size))(*raws)
-        return result, logits, cls
+                result[spec.name] = whole_network(score, params, x, cls)
+            elif spec.output != "ensemble":
+                raws = [layer_raw(spec, score, params, x, keys, cap, i) for i in cfg.idx]
+                result[spec.name] = raws if cfg.raw else jax.vmap(lambda *r: postprocess(list(r), size))(*raws)
+        for spec in specs:
+            if spec.output == "ensemble":
+                members = option(spec, "members", META_MEMBERS)
+                maps = [result[m] if not cfg.raw else jax.vmap(lambda *r: postprocess(list(r), size))(*result[m])
+                        for m in members]
+                combined = metacam(maps, option(spec, "k", 0.1), option(spec, "delta", 1e-3))
+                result[spec.name] = [combined] if cfg.raw else jax.vmap(minmax)(combined)
+        return result, cap[0], cls
 
-    def run_augmented(params, x, classes):
-        """pytorch-grad-cam's aug_smooth: horizontal flip x multiply (0.9, 1, 1.1) of the normalised input;
-        each final map is flipped back and the six are averaged (no renormalisation, as in the reference)."""
-        factors = (0.9, 1.0, 1.1)
-        variants = [(flip, f) for flip in (False, True) for f in factors]
+    def average(maps_by_variant, unflip):
+        """Mean over variants of final maps (V, N, H, W), flipping back those computed on flipped inputs."""
+        return jnp.stack([m[:, :, ::-1] if f else m for m, f in zip(maps_by_variant, unflip)]).mean(axis=0)
+
+    def run_augmented(params, x, classes, key):
+        """pytorch-grad-cam's aug_smooth: horizontal flip x multiply (0.9, 1, 1.1) of the normalised input; each
+        final map is flipped back and the six are averaged (no renormalisation, as in the reference)."""
+        variants = [(flip, f) for flip in (False, True) for f in (0.9, 1.0, 1.1)]
         xs = jnp.concatenate([(x[:, :, ::-1] if flip else x) * f for flip, f in variants])
         cs = None if classes is None else jnp.tile(classes, len(variants))
-        result, logits, cls = run(params, xs, cs)
+        result, logits, cls = run(params, xs, cs, key)
         n = x.shape[0]
-        out = {}
-        for name, maps in result.items():
-            maps = maps.reshape(len(variants), n, *maps.shape[1:])
-            maps = jnp.stack([m[:, :, ::-1] if flip else m for m, (flip, _) in zip(maps, variants)])
-            out[name] = maps.mean(axis=0)
+        out = {k: average(v.reshape(len(variants), n, *v.shape[1:]), [f for f, _ in variants])
+               for k, v in result.items()}
         return out, logits[:n], cls[:n]
 
-    return jax.jit(run_augmented if aug_smooth else run)
+    def run_noisy(params, x, classes, key):
+        """SmoothGrad-style averaging of any method: ``noise_samples`` copies of each image with Gaussian noise of
+        ``noise_std`` times the image's value range, each explained for the clean image's class; maps averaged."""
+        logits = forward(params, x)
+        cls = jnp.argmax(logits, axis=-1).astype(jnp.int32) if classes is None else classes
+        k_noise, k_run = jax.random.split(key)
+        s, n = cfg.noise_samples, x.shape[0]
+        spread = (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))[None, :, None, None, None]
+        noise = jax.random.normal(k_noise, (s, 1, *x.shape[1:]), x.dtype)  # the same draws for every image
+        noisy = x[None] + cfg.noise_std * spread * noise
+        result, _, _ = run(params, noisy.reshape(s * n, *x.shape[1:]), jnp.tile(cls, s), k_run)
+        out = {k: v.reshape(s, n, *v.shape[1:]).mean(axis=0) for k, v in result.items()}
+        return out, logits, cls
+
+    if cfg.aug_smooth:
+        return jax.jit(run_augmented)
+    return jax.jit(run_noisy if cfg.noise_samples else run)
 
 
 def explain(model: Model, images, method: str | Sequence[str] = "gradcam", targets=None, layer=None, *,
             target: str | Callable | None = None, preprocessed: bool = False, raw: bool = False,
             eigen_smooth: bool = False, eigen_sign: str = "max_abs", aug_smooth: bool = False,
-            batch_size: int = 32, method_options: dict | None = None, return_logits: bool = False):
+            noise_samples: int = 0, noise_std: float = 0.15, key: int | jax.Array = 0, batch_size: int = 32,
+            method_options: dict | None = None, return_logits: bool = False):
     """Class activation maps of ``images`` under ``model``.
 
     Args:
@@ -203,13 +255,18 @@ def explain(model: Model, images, method: str | Sequence[str] = "gradcam", targe
         per-layer maps are fused as in pytorch-grad-cam (relu, mean, min-max).
       target: the target score for methods without an intrinsic one: a name in :data:`jaxcam.targets.TARGETS` or
         a function ``(logits (C,), cls) -> scalar``. Default: each method's own (``logit`` for most).
-      raw: return the raw per-layer maps at feature resolution (before ReLU and normalisation): a list with one
-        (N, h, w) array per layer, in the order given.
+      raw: return the raw per-layer maps (before ReLU and normalisation; at feature resolution, or input resolution
+        for FullGrad, CAMERAS and MetaCAM): a list with one (N, h, w) array per layer, in the order given.
       eigen_smooth: reduce weighted activations by their first principal component instead of the channel sum.
       eigen_sign: the SVD sign rule for projections ("max_abs": largest magnitude positive; "svd": LAPACK's).
       aug_smooth: average over horizontal flips x input scalings (0.9, 1, 1.1), as pytorch-grad-cam does.
+      noise_samples, noise_std: average any method over this many noisy copies of each image (SmoothGrad style:
+        Gaussian noise of ``noise_std`` times the image's value range), explaining the clean image's class.
+      key: the PRNG key (or an int seed) for every random choice (noise averaging, SS-CAM). Traced: a new key does
+        not recompile. The same key gives the same maps.
       batch_size: the chunk size of the perturbation methods' extra passes (bounds their memory).
-      method_options: ``{method: {option: value}}``, e.g. ``{"faster_scorecam": {"top_fraction": 0.2}}``.
+      method_options: ``{method: {option: value}}``, e.g. ``{"faster_scorecam": {"top_fraction": 0.2}}``; see each
+        method's ``options`` in :data:`jaxcam.METHODS`.
       return_logits: also return ``(logits, explained classes)``.
 
     Returns:
@@ -225,9 +282,30 @@ def explain(model: Model, images, method: str | Sequence[str] = "gradcam", targe
     classes = _classes(targets, x.shape[0], model.num_classes)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(noise_samples, int) or noise_samples < 0:
+        raise ValueError(f"noise_samples must be a non-negative int, got {noise_samples!r}")
+    if (aug_smooth or noise_samples) and raw:
+        raise ValueError("raw=True returns per-layer maps; it cannot be combined with aug_smooth or noise_samples")
+    if aug_smooth and noise_samples:
+        raise ValueError("choose one of aug_smooth and noise_samples")
+    if eigen_smooth and "fullgrad" in names:
+        raise ValueError("eigen_smooth is not supported for 'fullgrad' (it ignores the target layer)")
+    options = _options(method_options, names)
+    computed = _with_members(names, dict(options))
     user_score = None if target is None else targets_mod.resolve(target)
     scores = tuple(targets_mod.resolve(METHODS[n].target) if (user_score is None or METHODS[n].intrinsic_target)
-                   else user_score for n in names)
+                   else user_score for n in computed)
+    biases = tuple((p, b.tobytes()) for p, b in bias_layers(model)) if "fullgrad" in computed else ()
+    cfg = Config(idx, len(model.stage_names), computed, scores, raw, eigen_smooth, eigen_sign, aug_smooth,
+                 noise_samples, float(noise_std), batch_size, options, tuple(model.arch.mean), tuple(model.arch.std),
+                 biases)
+    key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
+    result, logits, cls = _program(model.graphdef, cfg)(model.params, x, classes, key)
+    out = {n: result[n] for n in names} if not isinstance(method, str) or method == "all" else result[names[0]]
+    return (out, logits, cls) if return_logits else out
+
+
+def _options(method_options, names) -> tuple:
     options = []
     for m, opts in (method_options or {}).items():
         if m not in names:
@@ -235,12 +313,19 @@ def explain(model: Model, images, method: str | Sequence[str] = "gradcam", targe
         for k, v in opts.items():
             if k not in METHODS[m].options:
                 raise UnknownNameError(k, METHODS[m].options, f"options of {m!r}")
-            options.append(((m, k), v))
-    if eigen_smooth and "fullgrad" in names:
-        raise ValueError("eigen_smooth is not supported for 'fullgrad' (it ignores the target layer)")
-    biases = tuple((p, b.tobytes()) for p, b in bias_layers(model)) if "fullgrad" in names else ()
-    prog = _program(model.graphdef, idx, len(model.stage_names), names, scores, classes is None, raw, eigen_smooth,
-                    eigen_sign, aug_smooth, batch_size, tuple(sorted(options)), biases)
-    result, logits, cls = prog(model.params, x, classes)
-    out = {n: result[n] for n in names} if not isinstance(method, str) or method == "all" else result[names[0]]
-    return (out, logits, cls) if return_logits else out
+            options.append(((m, k), tuple(v) if isinstance(v, list) else v))
+    return tuple(sorted(options))
+
+
+def _with_members(names: tuple[str, ...], options: dict) -> tuple[str, ...]:
+    """The methods to compute: those asked for plus any ensemble's members (computed once, shared)."""
+    out = [n for n in names if METHODS[n].output != "ensemble"]
+    for n in names:
+        if METHODS[n].output == "ensemble":
+            members = options.get((n, "members"), META_MEMBERS)
+            for m in members:
+                if m not in METHODS or METHODS[m].output == "ensemble":
+                    raise UnknownNameError(m, [k for k, s in METHODS.items() if s.output != "ensemble"],
+                                           f"members of {n!r}")
+            out += [m for m in members if m not in out]
+    return tuple(dict.fromkeys(out + [n for n in names if METHODS[n].output == "ensemble"]))

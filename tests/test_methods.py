@@ -19,44 +19,77 @@ def x64():
     return jnp.asarray(np.random.default_rng(1).standard_normal((2, 64, 64, 3)).astype(np.float32))
 
 
+# small settings for the costly methods, so the battery stays fast
+FAST = {"sscam": {"num_samples": 2}, "cameras": {"scales": (64, 80)},
+        "metacam": {"members": ("gradcam", "layercam", "eigencam")}}
+
+
+def fast(names):
+    return {m: o for m, o in FAST.items() if m in names}
+
+
+def fast_toy(names):
+    return {m: o for m, o in TOY_FAST.items() if m in names}
+
+
+TOY_FAST = FAST | {"cameras": {"scales": (32, 40)}}
+
+
 @pytest.fixture(scope="module")
-def all_layer3(resnet18, x64):
-    return explain(resnet18, x64, "all", layer="layer3", preprocessed=True, batch_size=64)
+def toy():
+    return toy_model()
+
+
+@pytest.fixture(scope="module")
+def all_toy(toy):
+    return explain(toy, toy_input(), "all", layer="relu", preprocessed=True, batch_size=4, method_options=TOY_FAST)
 
 
 def test_registry_declares_everything():
     for name, spec in METHODS.items():
         assert spec.name == name and callable(spec.fn)
-        assert spec.family in ("gradient", "activation", "perturbation")
-        assert spec.output in ("weighted", "projection", "map")
-        assert spec.gradients == (spec.family == "gradient")
+        assert spec.family in ("gradient", "activation", "perturbation", "ensemble")
+        assert spec.output in ("weighted", "projection", "map", "whole_network", "multiscale", "ensemble")
+        assert spec.gradients or spec.family != "gradient"
+        assert not (spec.gradients and spec.family == "activation")
         assert spec.paper and spec.parity and spec.cost
     assert {"gradcam", "gradcam++", "scorecam", "ablationcam", "eigencam", "finercam"} <= set(METHODS)
 
 
-def test_all_methods_give_maps_in_unit_range(all_layer3):
-    assert list(all_layer3) == [n for n in METHODS if n != "cam"]  # CAM needs a GAP+FC head: not at layer3
-    for name, maps in all_layer3.items():
+def test_all_methods_give_maps_in_unit_range(all_toy):
+    assert list(all_toy) == list(METHODS)  # the toy's layer feeds GAP + FC, so CAM applies too
+    for name, maps in all_toy.items():
         maps = np.asarray(maps)
-        assert maps.shape == (2, 64, 64) and maps.dtype == np.float32, name
+        assert maps.shape == (2, 32, 32) and maps.dtype == np.float32, name
         assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1, name
+        assert maps.max() > 0.5, name  # not degenerate on a random model
 
 
-@pytest.mark.parametrize("name", [n for n in METHODS if n != "cam"])
-def test_vmap_equals_loop(name, resnet18, x64, all_layer3):
-    one = [explain(resnet18, x64[i:i + 1], name, layer="layer3", preprocessed=True, batch_size=64)[0]
-           for i in range(2)]
-    np.testing.assert_allclose(np.stack(one), all_layer3[name], atol=2e-5)
+def test_cam_applies_only_before_gap_fc(resnet18, x64):
+    """"all" keeps CAM only where the layer feeds global average pooling and the classifier."""
+    from jaxcam._explain import _gap_fc_ok
+
+    assert _gap_fc_ok(resnet18, (resnet18.layer_index("layer4"),))
+    assert not _gap_fc_ok(resnet18, (resnet18.layer_index("layer3"),))
+    maps = explain(resnet18, x64, ["gradcam", "layercam", "eigencam", "reciprocam"], layer="layer3",
+                   preprocessed=True)
+    assert all(m.shape == (2, 64, 64) for m in maps.values())
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_jit_equals_eager(name):
-    model = toy_model()
+def test_vmap_equals_loop(name, toy, all_toy):
     x = toy_input()
-    jitted = explain(model, x, name, layer="relu", preprocessed=True, batch_size=4)
+    one = [explain(toy, x[i:i + 1], name, layer="relu", preprocessed=True, batch_size=4,
+                   method_options=fast_toy([name]))[0] for i in range(2)]
+    np.testing.assert_allclose(np.stack(one), all_toy[name], atol=2e-5)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_jit_equals_eager(name, toy, all_toy):
+    x = toy_input()
     with jax.disable_jit():
-        eager = explain(model, x, name, layer="relu", preprocessed=True, batch_size=4)
-    np.testing.assert_allclose(jitted, eager, atol=2e-5)
+        eager = explain(toy, x, name, layer="relu", preprocessed=True, batch_size=4, method_options=fast_toy([name]))
+    np.testing.assert_allclose(all_toy[name], eager, atol=2e-5)
 
 
 def _count(jaxpr, prim):
@@ -76,9 +109,11 @@ def _convs(model, x, methods, layer):
 
     idx = _explain._resolve_layers(model, layer)
     scores = tuple(jaxcam.targets.resolve(METHODS[m].target) for m in methods)
-    prog = _explain._program(model.graphdef, idx, len(model.stage_names), tuple(methods), scores, True, False, False,
-                             "max_abs", False, 32, ())
-    return _count(jax.make_jaxpr(prog)(model.params, x, None).jaxpr, "conv_general_dilated")
+    cfg = _explain.Config(idx, len(model.stage_names), tuple(methods), scores, raw=False, eigen_smooth=False,
+                          eigen_sign="max_abs", aug_smooth=False, noise_samples=0, noise_std=0.0, batch_size=32,
+                          options=(), mean=model.arch.mean, std=model.arch.std)
+    prog = _explain._program(model.graphdef, cfg)
+    return _count(jax.make_jaxpr(prog)(model.params, x, None, jax.random.key(0)).jaxpr, "conv_general_dilated")
 
 
 def test_all_gradient_methods_share_one_forward_and_one_backward(resnet18, x64):
@@ -165,11 +200,11 @@ def test_degenerate_inputs_give_defined_maps():
     """A zero head (zero gradients, zero target scores) and constant images: finite maps, zero where undefined."""
     model = toy_model(zero_head=True)
     for x in (toy_input(), jnp.zeros((2, 32, 32, 3)), jnp.full((2, 32, 32, 3), 0.3)):
-        maps = explain(model, x, "all", layer="relu", preprocessed=True, batch_size=4)
+        maps = explain(model, x, "all", layer="relu", preprocessed=True, batch_size=4, method_options=TOY_FAST)
         for name, m in maps.items():
             m = np.asarray(m)
             assert np.isfinite(m).all() and m.min() >= 0 and m.max() <= 1, name
-            if METHODS[name].gradients or name == "ablationcam":
+            if name in gradient_methods() or name in ("ablationcam", "fullgrad", "cameras"):
                 assert m.max() == 0, name
 
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import activation, fullgrad, gradient, perturbation
+from . import activation, fullgrad, gradient, multipass, perturbation
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     """``output``: "weighted" (the function returns (h, w, K) weighted activations, reduced by a channel sum or,
     with ``eigen_smooth``, by their first principal component), "projection" (always the principal component),
-    "map" (the function returns the (h, w) map) or "whole_network" (FullGrad: gradients at every bias layer and the
-    input, the target layer is ignored). ``target``: the default target score (see :mod:`jaxcam.targets`);
+    "map" (the function returns the (h, w) map), "whole_network" (FullGrad: gradients at every bias layer and the
+    input, the target layer is ignored), "multiscale" (CAMERAS: its own passes at several input sizes) or
+    "ensemble" (MetaCAM: a combination of member methods' maps). ``target``: the default target score (see :mod:`jaxcam.targets`);
     ``intrinsic_target`` methods ignore the caller's ``target``. ``cost`` is in passes per image per layer:
     F = full forward, B = backward from the score to the layer, F_h = head-only forward."""
 
@@ -36,6 +37,7 @@ class MethodSpec:
     full_forwards: str = ""
     gap_fc_only: bool = False
     options: tuple[str, ...] = ()
+    random: bool = False  # draws noise from the explicit key
 
 
 PGC = "pytorch-grad-cam 1.5.7 (golden + live)"
@@ -69,6 +71,11 @@ METHODS: dict[str, MethodSpec] = {
                                 target="logit_difference", intrinsic_target=True),
     "fullgrad": MethodSpec("fullgrad", fullgrad.fullgrad, "gradient", "whole_network", True, "1F+1B (to the input)",
                            "Srinivas & Fleuret, NeurIPS 2019", PGC),
+    "cameras": MethodSpec("cameras", multipass.cameras, "gradient", "multiscale", True, "S*(1F+1B)",
+                          "Jalwana et al., CVPR 2021", "closed-form and behaviour tests", options=("scales",)),
+    "metacam": MethodSpec("metacam", multipass.metacam, "ensemble", "ensemble", False, "sum of its members",
+                          "Kaczmarek et al., arXiv 2307.16863", "closed-form tests (consensus)",
+                          options=("members", "k", "delta")),
     "eigencam": MethodSpec("eigencam", activation.eigencam, "activation", "projection", False, "1F",
                            "Muhammad & Yeasin, IJCNN 2020", PGC + ", up to the SVD sign"),
     "scorecam": MethodSpec("scorecam", perturbation.scorecam, "perturbation", "weighted", False, "1F+K*F",
@@ -77,6 +84,14 @@ METHODS: dict[str, MethodSpec] = {
                                   "1F+k*F", "Faster Score-CAM (top-variance channels)",
                                   "closed form (= Score-CAM with all channels)", full_forwards="top_fraction*K",
                                   options=("top_fraction",)),
+    "sscam": MethodSpec("sscam", perturbation.sscam, "perturbation", "weighted", False, "1F+S*K*F",
+                        "Wang et al., arXiv 2006.14255 (torchcam's form)", "closed-form and behaviour tests",
+                        full_forwards="num_samples*K", options=("num_samples", "std"), random=True),
+    "decomcam": MethodSpec("decomcam", perturbation.decomcam, "perturbation", "map", True, "1F+1B+Q*F",
+                           "DecomCAM (SVD sub-saliency maps, integrated)", "closed-form and behaviour tests",
+                           full_forwards="components", options=("channels", "components")),
+    "micam": MethodSpec("micam", activation.micam, "activation", "weighted", False, "1F+K histograms",
+                        "Iyer et al., arXiv 2507.09092", "closed-form tests", options=("bins",)),
     "ablationcam": MethodSpec("ablationcam", perturbation.ablationcam, "perturbation", "weighted", False,
                               "1F+K*F_h", "Desai & Ramaswamy, WACV 2020", PGC, head_passes="K"),
     "reciprocam": MethodSpec("reciprocam", perturbation.reciprocam, "perturbation", "map", False, "1F+hw*F_h",
@@ -86,9 +101,10 @@ METHODS: dict[str, MethodSpec] = {
 
 
 def gradient_methods() -> list[str]:
-    """The gradient methods that take any target layer (not CAM, which needs a GAP+FC head; not FullGrad)."""
+    """The single-pass gradient methods that take any target layer (not CAM, which needs a GAP+FC head; not
+    FullGrad or CAMERAS, which run their own passes)."""
     return [n for n, s in METHODS.items() if s.family == "gradient" and not s.gap_fc_only
-            and s.output != "whole_network"]
+            and s.output in ("weighted", "projection", "map")]
 
 
 __all__ = ["METHODS", "MethodSpec", "gradient_methods"]

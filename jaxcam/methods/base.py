@@ -18,7 +18,8 @@ class Inputs(NamedTuple):
     hvp: jax.Array | None      # (h, w, K) Hessian-vector product (d^2 S / dA^2) A
     logits: jax.Array          # (C,)
     cls: jax.Array             # () int32, the class explained
-    image: jax.Array           # (H, W, 3) the model input
+    image: jax.Array           # (H, W, 3) the model input (normalised)
+    key: jax.Array             # this example's PRNG key (methods that draw noise use it, nothing else does)
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class Context:
     forward: Callable[[jax.Array], jax.Array]
     score: Callable[[jax.Array, jax.Array], jax.Array]
     batch_size: int
-    key: jax.Array | None = None
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)   # the input normalisation, to recover RGB in [0, 1]
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 def channel_sum(weighted: jax.Array) -> jax.Array:

@@ -87,3 +87,48 @@ def reciprocam(inp: Inputs, ctx: Context, gaussian: bool = False):
 
     positions = jnp.stack([ii.ravel(), jj.ravel()], axis=-1)
     return jax.lax.map(prob, positions, batch_size=ctx.batch_size).reshape(h, w)
+
+
+def sscam(inp: Inputs, ctx: Context, num_samples: int = 35, std: float = 2.0):
+    """SS-CAM (Wang et al., "Smoothed Score-CAM", arXiv 2006.14255), as torchcam 0.5.0 defines it: for each of
+    ``num_samples`` draws, Gaussian noise (``std``, at input resolution) is added to every upsampled activation map
+    before Score-CAM's min-max masking; ``w = softmax_k(mean over draws of target(f(x * M_k)))``, map
+    ``sum_k w_k A_k``. Noise comes from the example's key. Cost 1F + num_samples * K forwards, chunked."""
+    h_w = inp.image.shape[:2]
+    k = inp.acts.shape[-1]
+    up = resize_align_corners(inp.acts, h_w)  # (H, W, K)
+    keys = jax.random.split(inp.key, num_samples)
+
+    def score(job):
+        s, c = job // k, job % k
+        m = up[..., c] + std * jax.random.normal(keys[s], h_w, up.dtype)
+        m = (m - m.min()) / (m.max() - m.min() + 1e-8)
+        return ctx.score(ctx.forward((inp.image * m[..., None])[None])[0], inp.cls)
+
+    scores = jax.lax.map(score, jnp.arange(num_samples * k), batch_size=ctx.batch_size).reshape(num_samples, k)
+    return inp.acts * jax.nn.softmax(scores.mean(axis=0))[None, None]
+
+
+def decomcam(inp: Inputs, ctx: Context, channels: float = 0.1, components: int = 10):
+    """DecomCAM (decomposition and integration; [ours] reconstruction, no reference library): keep the ``channels``
+    fraction of channels with the largest Grad-CAM weight, decompose their (h*w, k) centred map matrix by SVD into
+    ``components`` orthogonal sub-saliency maps (sign: largest magnitude positive), score each as a Score-CAM mask
+    (``target(f(x * minmax(upsample(map))))``), and integrate ``sum_q softmax_q(score) * relu(map_q)``. Returns the
+    (h, w) map. Cost 1F + 1B + ``components`` forwards."""
+    h, w, k = inp.acts.shape
+    n = max(1, int(round(k * channels)))
+    _, top = jax.lax.top_k(jnp.mean(inp.grads, axis=(0, 1)), n)
+    x = inp.acts[..., top].reshape(h * w, n)
+    x = x - jnp.mean(x, axis=0, keepdims=True)
+    u, s, _ = jnp.linalg.svd(x, full_matrices=False)
+    q = min(components, min(h * w, n))
+    maps = (u[:, :q] * s[None, :q]).T.reshape(q, h, w)
+    flip = jnp.abs(maps.min(axis=(1, 2))) > jnp.abs(maps.max(axis=(1, 2)))
+    maps = jnp.where(flip[:, None, None], -maps, maps)
+    mask_of = _masks_fn(jnp.moveaxis(maps, 0, -1), inp.image.shape[:2])
+
+    def score(i):
+        return ctx.score(ctx.forward((inp.image * mask_of(i)[..., None])[None])[0], inp.cls)
+
+    wts = jax.nn.softmax(jax.lax.map(score, jnp.arange(q), batch_size=ctx.batch_size))
+    return jnp.tensordot(wts, jax.nn.relu(maps), axes=1)
