@@ -251,3 +251,12 @@ def test_user_target_function(resnet18, x64):
     a = explain(resnet18, x64, "gradcam", preprocessed=True, target=lambda y, c: 2.0 * y[c])
     b = explain(resnet18, x64, "gradcam", preprocessed=True)
     np.testing.assert_allclose(a, b, atol=1e-5)  # a positive scale of the score does not change the map
+
+
+def test_readme_method_table_is_generated_from_the_registry():
+    import os
+
+    from jaxcam.methods import markdown_table
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8") as f:
+        assert markdown_table() in f.read(), "regenerate README's method table from jaxcam.methods.markdown_table()"

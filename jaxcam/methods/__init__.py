@@ -40,7 +40,7 @@ class MethodSpec:
     random: bool = False  # draws noise from the explicit key
 
 
-PGC = "pytorch-grad-cam 1.5.7 (golden + live)"
+PGC = "pytorch-grad-cam 1.5.7"
 
 METHODS: dict[str, MethodSpec] = {
     "gradcam": MethodSpec("gradcam", gradient.gradcam, "gradient", "weighted", True, "1F+1B",
@@ -108,3 +108,14 @@ def gradient_methods() -> list[str]:
 
 
 __all__ = ["METHODS", "MethodSpec", "gradient_methods"]
+
+
+def markdown_table() -> str:
+    """The README's method table, generated from the registry (a test keeps the README in sync)."""
+    rows = ["| method | family | passes per image | paper | parity |", "|---|---|---|---|---|"]
+    for name, s in METHODS.items():
+        rows.append(f"| `{name}` | {s.family} | {s.cost} | {s.paper} | {s.parity} |")
+    return "\n".join(rows)
+
+
+__all__ += ["markdown_table"]
