@@ -48,7 +48,7 @@ def _resolve_layers(model: Model, layer) -> tuple[int, ...]:
     if not layers:
         raise UnknownLayerError("(empty list)", model.valid_layers, model.name)
     idx = tuple(model.layer_index(ly) for ly in layers)
-    if idx[-1] == len(model.stage_names) - 1 or max(idx) == len(model.stage_names) - 1:
+    if max(idx) == len(model.stage_names) - 1:
         raise UnknownLayerError(model.stage_names[-1], model.stage_names[:-1],
                                 f"{model.name} (the classifier output is not a feature map)")
     return idx
@@ -102,7 +102,7 @@ class Config:
     biases: tuple = ()  # FullGrad's effective biases as (path, bytes), only when it is requested
 
 
-@functools.cache
+@functools.lru_cache(maxsize=128)
 def _program(graphdef, cfg: Config):
     """Build and jit the whole computation for one static configuration."""
     specs = [METHODS[m] for m in cfg.methods]
