@@ -55,10 +55,21 @@ def environment() -> dict:
         threads = torch.get_num_threads()
     except ImportError:
         threads = None
-    return {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+    return {"machine": platform.machine(), "processor": _cpu_name(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "jax_devices": [str(d) for d in jax.devices()],
             "torch_threads": threads, "versions": versions,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def write(results: dict, path: str) -> None:
