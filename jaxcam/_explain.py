@@ -22,7 +22,8 @@ from .errors import ClassIndexError, UnknownLayerError, UnknownNameError
 from .methods import METHODS, MethodSpec
 from .methods.base import Context, Inputs, channel_sum, first_component
 from .methods.fullgrad import fullgrad
-from .methods.multipass import META_MEMBERS, cameras, default_scales, metacam
+from .methods.multipass import K_GRID, META_MEMBERS, adaptive_k, cameras, default_scales, metacam
+from .metrics.road import PERCENTILES, road_combined
 from .models.model import Model, StageRange
 from .models.taps import bias_layers, full_gradients
 from .postprocess import minmax, postprocess
@@ -200,7 +201,15 @@ def _program(graphdef, cfg: Config):
                 members = option(spec, "members", META_MEMBERS)
                 maps = [result[m] if not cfg.raw else jax.vmap(lambda *r: postprocess(list(r), size))(*result[m])
                         for m in members]
-                combined = metacam(maps, option(spec, "k", 0.1), option(spec, "delta", 1e-3))
+                k = option(spec, "k", 0.1)
+                if option(spec, "adaptive", False):
+                    fwd = jax.tree_util.Partial(forward, params)
+                    road_fn = functools.partial(road_combined, fwd, targets_mod.probability, x, cls=cls,
+                                                percentiles=option(spec, "percentiles", PERCENTILES),
+                                                batch_size=cfg.batch_size)
+                    road_of = lambda cams: road_fn(cams=cams)  # noqa: E731
+                    k = jnp.stack([adaptive_k(m, road_of, option(spec, "k_grid", K_GRID)) for m in maps])
+                combined = metacam(maps, k, option(spec, "delta", 1e-3))
                 result[spec.name] = [combined] if cfg.raw else jax.vmap(minmax)(combined)
         return result, cap[0], cls
 

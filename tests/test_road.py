@@ -1,0 +1,100 @@
+"""ROAD (noisy linear imputation solved by conjugate gradients) and MetaCAM's adaptive thresholding built on it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcam
+from jaxcam.methods.multipass import adaptive_k, top_fraction_threshold
+from jaxcam.metrics import impute, road
+
+from .toy import toy_input, toy_model
+
+
+def test_imputation_reproduces_linear_images():
+    """Every interior removed pixel is the weighted mean of its neighbours, which a linear image satisfies: the
+    imputation of a removed block inside a linear ramp is the ramp itself."""
+    i, j = np.meshgrid(np.arange(20.0), np.arange(24.0), indexing="ij")
+    img = np.stack([0.1 * i + 0.05 * j, -0.2 * i + 1.0, 0.3 * j], -1).astype(np.float32)
+    keep = np.ones((20, 24), bool)
+    keep[5:15, 6:18] = False
+    out = np.asarray(impute(jnp.asarray(img), jnp.asarray(keep)))
+    np.testing.assert_allclose(out, img, atol=1e-4)
+
+
+def test_imputation_keeps_known_pixels_and_adds_keyed_noise():
+    img = jnp.asarray(np.random.default_rng(0).standard_normal((16, 16, 3)).astype(np.float32))
+    keep = jnp.asarray(np.random.default_rng(1).uniform(size=(16, 16)) > 0.5)
+    a = impute(img, keep, noise=0.01, key=jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(a)[np.asarray(keep)], np.asarray(img)[np.asarray(keep)])
+    np.testing.assert_array_equal(a, impute(img, keep, noise=0.01, key=jax.random.key(0)))
+    assert not np.allclose(a, impute(img, keep, noise=0.01, key=jax.random.key(1)))
+    assert np.isfinite(np.asarray(impute(img, jnp.zeros((16, 16), bool)))).all()  # nothing known: defined
+
+
+def test_road_api_and_errors():
+    model, x = toy_model(), toy_input()
+    cams = jaxcam.explain(model, x, "gradcam", layer="relu", preprocessed=True)
+    for which in ("combined", "morf", "lerf"):
+        s = np.asarray(road(model, x, cams, which=which, percentiles=(20, 80), noise=0.0))
+        assert s.shape == (2,) and np.isfinite(s).all()
+    lerf = road(model, x, cams, which="lerf", percentiles=(20, 80), noise=0.0)
+    morf = road(model, x, cams, which="morf", percentiles=(20, 80), noise=0.0)
+    np.testing.assert_allclose(road(model, x, cams, percentiles=(20, 80), noise=0.0), (lerf - morf) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="cams must have shape"):
+        road(model, x, cams[:, :16])
+    with pytest.raises(ValueError, match="unknown ROAD variant"):
+        road(model, x, cams, which="best")
+
+
+def test_top_fraction_threshold_is_numpy_quantile():
+    maps = np.random.default_rng(0).uniform(size=(3, 2, 9, 7)).astype(np.float32)
+    k = np.array([[0.1, 0.5], [0.25, 0.9], [0.05, 0.33]], np.float32)
+    got = np.asarray(top_fraction_threshold(jnp.asarray(maps), jnp.asarray(k)))[..., 0, 0]
+    want = np.array([[np.quantile(maps[a, b], 1 - k[a, b]) for b in range(2)] for a in range(3)])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_adaptive_k_picks_the_best_scoring_threshold():
+    maps = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 8, 8)).astype(np.float32))
+    grid = (0.1, 0.5, 0.9)
+    assert np.asarray(adaptive_k(maps, lambda m: m.sum(axis=(1, 2)), grid)).tolist() == pytest.approx([0.9, 0.9])
+    assert np.asarray(adaptive_k(maps, lambda m: -m.sum(axis=(1, 2)), grid)).tolist() == pytest.approx([0.1, 0.1])
+
+
+def test_adaptive_metacam_runs_and_differs_from_fixed_k():
+    model, x = toy_model(), toy_input()
+    opts = {"members": ("gradcam", "eigencam"), "k_grid": (0.1, 0.5), "percentiles": (20, 80)}
+    a = jaxcam.explain(model, x, "metacam", layer="relu", preprocessed=True,
+                       method_options={"metacam": opts | {"adaptive": True}})
+    assert a.shape == (2, 32, 32) and np.isfinite(np.asarray(a)).all()
+
+
+@pytest.mark.torch
+def test_live_road_combined_matches_pytorch_grad_cam():
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    pytest.importorskip("pytorch_grad_cam")
+    from unittest import mock
+
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    from jaxcam.models import random_state_dict
+    from jaxcam.models.architectures import IMAGENET_MEAN, IMAGENET_STD
+
+    sd = random_state_dict("resnet18", seed=0)
+    model = jaxcam.load_model("resnet18", weights=sd)
+    tm = torchvision.models.resnet18()
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
+    tm.eval()
+    x = jaxcam.preprocess(list(jaxcam.sample_images(["chelsea", "coffee"]).values()), size=64, mean=IMAGENET_MEAN,
+                          std=IMAGENET_STD)
+    cams = np.asarray(jaxcam.explain(model, x, "gradcam", layer="layer3", preprocessed=True))
+    cls = np.argmax(np.asarray(model(x)), -1)
+    ours = np.asarray(road(model, x, cams, noise=0.0))
+    with mock.patch("torch.randn_like", lambda t: torch.zeros_like(t)):  # the reference's unseeded noise, off
+        want = ROADCombined()(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), cams,
+                              [ClassifierOutputSoftmaxTarget(int(c)) for c in cls], tm)
+    np.testing.assert_allclose(ours, want, atol=1e-5)
