@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", nargs="*", default=None, choices=["gradcam", "all_gradient", "ablationcam", "scorecam"],
+                    help="run only these workloads (default: all)")
     args = ap.parse_args()
 
     import pytorch_grad_cam as pgc
@@ -86,7 +88,30 @@ def main() -> None:
         xx, targets = (xt, tt) if n is None else (xt[:n], tt[:n])
         return lambda: cam(xx, targets=targets)
 
+    def wanted(name):
+        return args.only is None or name in args.only
+
     # Grad-CAM alone, and the floor: the bare jitted forward
+    if wanted("gradcam"):
+        run_gradcam(ours, ref, record, model, xj, res, args)
+    if wanted("all_gradient"):
+        run_all_gradient(ours, ref, model, res, args)
+    n = args.perturbation_batch  # the reference needs K (2048) forwards per image: keep its run short
+    if wanted("ablationcam"):
+        ab_ours, ab_ref = ours("ablationcam", n=n, batch_size=256), ref("AblationCAM", n=n)
+        record(f"ablationcam (batch {n})", ab_ours, ab_ref, ref_repeats=1)
+    if wanted("scorecam"):
+        sc_ref = pgc.ScoreCAM(tm, layer)  # its default batch of 16
+        sc_ours = ours("scorecam", n=n)  # jaxcam's default chunk
+        record(f"scorecam (batch {n})", sc_ours, lambda: sc_ref(xt[:n], targets=tt[:n]), ref_repeats=1)
+    only = "" if args.only is None else "-" + "+".join(args.only)
+    out = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                   f"methods-{args.model}-b{args.batch}-{jax.devices()[0].platform}{only}.json")
+    write(res, out)
+    print("wrote", out)
+
+
+def run_gradcam(ours, ref, record, model, xj, res, args):
     gc_ours, gc_ref = ours("gradcam"), ref("GradCAM")  # one reference object: each one hooks the layer
     record("gradcam", gc_ours, gc_ref)
     fwd = jax.jit(lambda p, v: model.forward_fn.func(p, v))
@@ -96,6 +121,8 @@ def main() -> None:
     print(f"bare jitted forward          {floor['median_s'] * 1e3:9.1f} ms; Grad-CAM / forward = "
           f"{res['gradcam_over_forward']:.2f}", flush=True)
 
+
+def run_all_gradient(ours, ref, model, res, args):
     # every gradient method: one jaxcam call against one pytorch-grad-cam call per method
     names = list(PGC_GRADIENT)
     all_ours = ours(names)
@@ -112,18 +139,6 @@ def main() -> None:
                                                 "speedup": r["median_s"] / o["median_s"]}
     print(f"{'all gradient methods (' + str(len(names)) + ')':28s} jaxcam {o['median_s'] * 1e3:9.1f} ms  reference "
           f"{r['median_s'] * 1e3:9.1f} ms  speed-up {r['median_s'] / o['median_s']:6.1f}x", flush=True)
-
-    n = args.perturbation_batch  # the reference needs K (2048) forwards per image: keep its run short
-    ab_ours, ab_ref = ours("ablationcam", n=n, batch_size=256), ref("AblationCAM", n=n, batch_size=32)
-    record(f"ablationcam (batch {n})", ab_ours, ab_ref, ref_repeats=1)
-    sc_ref = getattr(pgc, "ScoreCAM")(tm, layer)
-    sc_ref.batch_size = 32
-    sc_ours = ours("scorecam", n=n, batch_size=32)
-    record(f"scorecam (batch {n})", sc_ours, lambda: sc_ref(xt[:n], targets=tt[:n]), ref_repeats=1)
-    out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                   f"methods-{args.model}-b{args.batch}-{jax.devices()[0].platform}.json")
-    write(res, out)
-    print("wrote", out)
 
 
 if __name__ == "__main__":

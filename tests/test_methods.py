@@ -111,7 +111,7 @@ def _convs(model, x, methods, layer):
     scores = tuple(jaxcam.targets.resolve(METHODS[m].target) for m in methods)
     cfg = _explain.Config(idx, len(model.stage_names), tuple(methods), scores, raw=False, eigen_smooth=False,
                           eigen_sign="max_abs", aug_smooth=False, noise_samples=0, noise_std=0.0, batch_size=32,
-                          options=(), mean=model.arch.mean, std=model.arch.std)
+                          sequential_examples=True, options=(), mean=model.arch.mean, std=model.arch.std)
     prog = _explain._program(model.graphdef, cfg)
     return _count(jax.make_jaxpr(prog)(model.params, x, None, jax.random.key(0)).jaxpr, "conv_general_dilated")
 
