@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import targets as targets_mod
-from .errors import ClassIndexError, UnknownLayerError, UnknownNameError
+from .errors import UnknownLayerError, UnknownNameError
 from .methods import METHODS, MethodSpec
 from .methods.base import Context, Inputs, channel_sum, first_component
 from .methods.fullgrad import fullgrad
@@ -65,21 +65,6 @@ def _check_gap_fc(model: Model, spec: MethodSpec, idx: Sequence[int]) -> None:
         raise UnknownLayerError(model.stage_names[bad], [model.stage_names[-3]],
                                 f"method {spec.name!r} on {model.name} (CAM needs the layer right before "
                                 "global average pooling and the classifier)")
-
-
-def _classes(targets, n: int, num_classes: int):
-    if targets is None:
-        return None
-    arr = np.asarray(targets)
-    if not np.issubdtype(arr.dtype, np.integer) or arr.ndim > 1:
-        raise ClassIndexError(f"targets must be None, a class index or a sequence of class indices, got {targets!r}")
-    arr = np.broadcast_to(arr, (n,)) if arr.ndim == 0 or arr.size == 1 else arr
-    if arr.shape != (n,):
-        raise ClassIndexError(f"got {arr.size} class indices for {n} images; pass one index or one per image")
-    bad = arr[(arr < 0) | (arr >= num_classes)]
-    if bad.size:
-        raise ClassIndexError(f"class index {int(bad[0])} out of range [0, {num_classes}) for {n} image(s)")
-    return jnp.asarray(arr, jnp.int32)
 
 
 @dataclass(frozen=True)
@@ -297,7 +282,7 @@ def explain(model: Model, images, method: str | Sequence[str] = "gradcam", targe
     for n in names:
         _check_gap_fc(model, METHODS[n], idx)
     x = model.check_input(images if preprocessed else model.preprocess(images))
-    classes = _classes(targets, x.shape[0], model.num_classes)
+    classes = targets_mod.class_indices(targets, x.shape[0], model.num_classes)
     on_cpu = jax.default_backend() == "cpu"
     batch_size = (8 if on_cpu else 64) if batch_size is None else batch_size
     if not isinstance(batch_size, int) or batch_size < 1:

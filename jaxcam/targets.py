@@ -22,6 +22,9 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from .errors import ClassIndexError, UnknownNameError
 
 Target = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -77,11 +80,26 @@ TARGETS: dict[str, Target] = {"logit": logit, "probability": probability, "rest"
 
 def resolve(target) -> Target:
     """A target name or callable to a target function."""
-    from .errors import UnknownNameError
-
     if callable(target):
         return target
     try:
         return TARGETS[target]
     except (KeyError, TypeError):
         raise UnknownNameError(target, TARGETS, "target score") from None
+
+
+def class_indices(targets, n: int, num_classes: int):
+    """Validate ``targets`` (None, one class index, or one per image) for ``n`` images: an (n,) int32 array or
+    None. Raises :class:`~jaxcam.ClassIndexError` naming the problem (the reference silently truncates)."""
+    if targets is None:
+        return None
+    arr = np.asarray(targets)
+    if not np.issubdtype(arr.dtype, np.integer) or arr.ndim > 1:
+        raise ClassIndexError(f"targets must be None, a class index or a sequence of class indices, got {targets!r}")
+    arr = np.broadcast_to(arr, (n,)) if arr.ndim == 0 or arr.size == 1 else arr
+    if arr.shape != (n,):
+        raise ClassIndexError(f"got {arr.size} class indices for {n} images; pass one index or one per image")
+    bad = arr[(arr < 0) | (arr >= num_classes)]
+    if bad.size:
+        raise ClassIndexError(f"class index {int(bad[0])} out of range [0, {num_classes}) for {n} image(s)")
+    return jnp.asarray(arr, jnp.int32)

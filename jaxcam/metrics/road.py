@@ -89,7 +89,6 @@ def road(model, x, cams, targets=None, *, which: str = "combined", percentiles=P
     Matches pytorch-grad-cam 1.5.7 with ``noise=0``.
     """
     from .. import targets as targets_mod
-    from .._explain import _classes
 
     if which not in ("combined", "morf", "lerf"):
         raise ValueError(f"unknown ROAD variant {which!r}; valid: 'combined', 'morf', 'lerf'")
@@ -98,7 +97,7 @@ def road(model, x, cams, targets=None, *, which: str = "combined", percentiles=P
     if cams.shape != x.shape[:3]:
         raise ValueError(f"cams must have shape {tuple(x.shape[:3])} (one map per image at input size), "
                          f"got {tuple(cams.shape)}")
-    classes = _classes(targets, x.shape[0], model.num_classes)
+    classes = targets_mod.class_indices(targets, x.shape[0], model.num_classes)
     key = jax.random.key(key) if isinstance(key, int) else key
     return _road_program(model.forward_fn.func, targets_mod.resolve(target), which, tuple(percentiles),
                          float(noise), batch_size)(model.params, x, cams, classes, key)
