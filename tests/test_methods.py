@@ -260,3 +260,17 @@ def test_readme_method_table_is_generated_from_the_registry():
 
     with open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8") as f:
         assert markdown_table() in f.read(), "regenerate README's method table from jaxcam.methods.markdown_table()"
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "vgg11_bn"])
+def test_fullgrad_on_every_family(name):
+    """FullGrad taps every bias layer (BatchNorm, biased convolutions) whatever the module graph's order."""
+    from jaxcam.models.taps import bias_layers, tap_shapes
+
+    model = jaxcam.load_model(name, weights=None)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype(np.float32))
+    shapes = tap_shapes(model.graphdef, model.params, x)
+    biases = bias_layers(model)
+    assert len(shapes) == len(biases) and all(s.shape[-1] == b.shape[0] for s, (_, b) in zip(shapes, biases))
+    maps = np.asarray(explain(model, x, "fullgrad", preprocessed=True))
+    assert maps.shape == (1, 64, 64) and np.isfinite(maps).all() and maps.max() == pytest.approx(1.0, abs=1e-6)

@@ -58,24 +58,25 @@ def bias_layers(model: Model) -> list[tuple[str, np.ndarray]]:
 
 
 def tapped_forward(graphdef, params, x, taps=None, record=None):
-    """Logits of the whole network with ``taps[i]`` added to the output of bias layer i (``record`` collects the
-    output shapes instead when ``taps`` is None)."""
+    """Logits of the whole network with ``taps[i]`` added to the output of bias layer i (``record``, a dict, collects
+    each layer's output shape under its index instead when ``taps`` is None)."""
     module = nnx.merge(graphdef, params)
     for i, (_, node) in enumerate(_layers(module)):
         node.__class__ = _TappedBatchNorm if isinstance(node, nnx.BatchNorm) else _TappedConv
         if taps is not None:
             node.__dict__[_TAP] = lambda y, d=taps[i]: y + d
-        elif record is not None:
-            node.__dict__[_TAP] = lambda y: (record.append(jax.ShapeDtypeStruct(y.shape, y.dtype)), y)[1]
+        elif record is not None:  # keyed by graph order, which is the taps' order (not execution order)
+            node.__dict__[_TAP] = lambda y, i=i: (record.__setitem__(i, jax.ShapeDtypeStruct(y.shape, y.dtype)), y)[1]
     for _, fn in module.stages():
         x = fn(x)
     return x
 
 
 def tap_shapes(graphdef, params, x) -> list[jax.ShapeDtypeStruct]:
-    shapes = []
+    """Output shapes of the bias layers, in the order of :func:`bias_layers` (the module graph's order)."""
+    shapes = {}
     jax.eval_shape(lambda p, v: tapped_forward(graphdef, p, v, record=shapes), params, x)
-    return shapes
+    return [shapes[i] for i in range(len(shapes))]
 
 
 def full_gradients(graphdef, params, x, score_sum):
