@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..postprocess import resize
+from ..postprocess import minmax, resize
 from .base import Context, Inputs
 
 
@@ -28,8 +28,7 @@ def micam(inp: Inputs, ctx: Context, bins: int = 32):
     pg = g1.mean(axis=0)
 
     def mi(k):
-        m = resize(inp.acts[..., k], gray.shape)
-        m = (m - m.min()) / (m.max() - m.min() + 1e-8)
+        m = minmax(resize(inp.acts[..., k], gray.shape), 1e-8)
         a1 = jax.nn.one_hot(jnp.minimum((m.ravel() * bins).astype(jnp.int32), bins - 1), bins)
         joint = g1.T @ a1 / hw
         pa = a1.mean(axis=0)

@@ -50,7 +50,12 @@ def first_component(t: jax.Array, sign: str = "max_abs") -> jax.Array:
     _, _, vt = jnp.linalg.svd(x, full_matrices=False)
     proj = (x @ vt[0]).reshape(h, w)
     if sign == "max_abs":
-        proj = jnp.where(jnp.abs(jnp.min(proj)) > jnp.abs(jnp.max(proj)), -proj, proj)
-    elif sign != "svd":
+        return largest_magnitude_positive(proj)
+    if sign != "svd":
         raise ValueError(f"unknown eigen sign rule {sign!r}; valid: 'max_abs', 'svd'")
     return proj
+
+
+def largest_magnitude_positive(m: jax.Array) -> jax.Array:
+    """Flip the sign of a map whose most negative value outweighs its most positive one (Seg-Eigen-CAM's rule)."""
+    return jnp.where(jnp.abs(jnp.min(m)) > jnp.abs(jnp.max(m)), -m, m)

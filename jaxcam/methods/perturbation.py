@@ -6,27 +6,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..postprocess import resize_align_corners
-from .base import Context, Inputs
+from ..postprocess import minmax, resize_align_corners
+from .base import Context, Inputs, largest_magnitude_positive
 
 
-def _masks_fn(acts: jax.Array, size: tuple[int, int]):
-    """Score-CAM's mask for channel k: ``minmax(upsample(A_k))`` with ``align_corners=True`` and eps 1e-8."""
-
-    def mask(k):
-        m = resize_align_corners(acts[..., k], size)
-        return (m - m.min()) / (m.max() - m.min() + 1e-8)
-
-    return mask
-
-
-def _channel_scores(inp: Inputs, ctx: Context, channels: jax.Array) -> jax.Array:
-    """Target score of ``x * mask_k`` for each channel k in ``channels`` (one full forward each, chunked)."""
-    mask = _masks_fn(inp.acts, inp.image.shape[:2])
+def _masked_scores(inp: Inputs, ctx: Context, maps: jax.Array, channels: jax.Array) -> jax.Array:
+    """Target score of ``x * minmax(upsample(maps_k))`` for each k in ``channels`` (Score-CAM's masks: bilinear
+    with ``align_corners=True``, min-max eps 1e-8), one full forward each, chunked."""
 
     def score(k):
-        logits = ctx.forward((inp.image * mask(k)[..., None])[None])[0]
-        return ctx.score(logits, inp.cls)
+        mask = minmax(resize_align_corners(maps[..., k], inp.image.shape[:2]), 1e-8)
+        return ctx.score(ctx.forward((inp.image * mask[..., None])[None])[0], inp.cls)
 
     return jax.lax.map(score, channels, batch_size=ctx.batch_size)
 
@@ -36,7 +26,7 @@ def scorecam(inp: Inputs, ctx: Context):
     (bilinear, align_corners), scores ``s_k = target(f(x * M_k))``, weights ``softmax_k(s)``, map ``sum_k w_k A_k``.
     Cost 1F + K full forwards, run ``batch_size`` at a time inside one program."""
     k = inp.acts.shape[-1]
-    return inp.acts * jax.nn.softmax(_channel_scores(inp, ctx, jnp.arange(k)))[None, None]
+    return inp.acts * jax.nn.softmax(_masked_scores(inp, ctx, inp.acts, jnp.arange(k)))[None, None]
 
 
 def faster_scorecam(inp: Inputs, ctx: Context, top_fraction: float = 0.1):
@@ -45,7 +35,7 @@ def faster_scorecam(inp: Inputs, ctx: Context, top_fraction: float = 0.1):
     k = inp.acts.shape[-1]
     n = max(1, int(round(k * top_fraction)))
     _, top = jax.lax.top_k(jnp.var(inp.acts, axis=(0, 1)), n)
-    w = jnp.zeros(k, inp.acts.dtype).at[top].set(jax.nn.softmax(_channel_scores(inp, ctx, top)))
+    w = jnp.zeros(k, inp.acts.dtype).at[top].set(jax.nn.softmax(_masked_scores(inp, ctx, inp.acts, top)))
     return inp.acts * w[None, None]
 
 
@@ -101,8 +91,7 @@ def sscam(inp: Inputs, ctx: Context, num_samples: int = 35, std: float = 2.0):
 
     def score(job):
         s, c = job // k, job % k
-        m = up[..., c] + std * jax.random.normal(keys[s], h_w, up.dtype)
-        m = (m - m.min()) / (m.max() - m.min() + 1e-8)
+        m = minmax(up[..., c] + std * jax.random.normal(keys[s], h_w, up.dtype), 1e-8)
         return ctx.score(ctx.forward((inp.image * m[..., None])[None])[0], inp.cls)
 
     scores = jax.lax.map(score, jnp.arange(num_samples * k), batch_size=ctx.batch_size).reshape(num_samples, k)
@@ -122,13 +111,6 @@ def decomcam(inp: Inputs, ctx: Context, channels: float = 0.1, components: int =
     x = x - jnp.mean(x, axis=0, keepdims=True)
     u, s, _ = jnp.linalg.svd(x, full_matrices=False)
     q = min(components, min(h * w, n))
-    maps = (u[:, :q] * s[None, :q]).T.reshape(q, h, w)
-    flip = jnp.abs(maps.min(axis=(1, 2))) > jnp.abs(maps.max(axis=(1, 2)))
-    maps = jnp.where(flip[:, None, None], -maps, maps)
-    mask_of = _masks_fn(jnp.moveaxis(maps, 0, -1), inp.image.shape[:2])
-
-    def score(i):
-        return ctx.score(ctx.forward((inp.image * mask_of(i)[..., None])[None])[0], inp.cls)
-
-    wts = jax.nn.softmax(jax.lax.map(score, jnp.arange(q), batch_size=ctx.batch_size))
+    maps = jax.vmap(largest_magnitude_positive)((u[:, :q] * s[None, :q]).T.reshape(q, h, w))
+    wts = jax.nn.softmax(_masked_scores(inp, ctx, jnp.moveaxis(maps, 0, -1), jnp.arange(q)))
     return jnp.tensordot(wts, jax.nn.relu(maps), axes=1)
