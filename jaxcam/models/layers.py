@@ -8,12 +8,29 @@ import numpy as np
 from flax import nnx
 
 
+class PointwiseConv(nnx.Conv):
+    """A 1x1 convolution (no groups, no padding) computed as a matrix product over channels.
+
+    Same parameters and result as ``nnx.Conv``; XLA's CPU backend runs the product about 1.4x faster than the
+    equivalent convolution (ResNet-50's 1x1 layers: 93 against 132 ms at batch 8 on two cores), and a stride is a
+    slice. Both "SAME" and zero padding are no padding at kernel size 1.
+    """
+
+    def __call__(self, x):
+        s = self.strides
+        if s != (1, 1):
+            x = x[:, ::s[0], ::s[1]]
+        y = jnp.dot(x, self.kernel[...][0, 0])
+        return y if self.bias is None else y + self.bias[...]
+
+
 def conv(cin: int, cout: int, k: int, stride: int = 1, padding: int | str = 0, *, bias: bool = False,
          groups: int = 1, rngs: nnx.Rngs) -> nnx.Conv:
     """A 2-D convolution, NHWC/HWIO. An int ``padding`` is PyTorch's symmetric padding; "SAME" is TF's."""
     pad = padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
-    return nnx.Conv(cin, cout, kernel_size=(k, k), strides=(stride, stride), padding=pad, use_bias=bias,
-                    feature_group_count=groups, rngs=rngs)
+    cls = PointwiseConv if k == 1 and groups == 1 and padding in (0, "SAME") else nnx.Conv
+    return cls(cin, cout, kernel_size=(k, k), strides=(stride, stride), padding=pad, use_bias=bias,
+               feature_group_count=groups, rngs=rngs)
 
 
 def batch_norm(features: int, *, eps: float = 1e-5, rngs: nnx.Rngs) -> nnx.BatchNorm:
