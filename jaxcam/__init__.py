@@ -3,21 +3,24 @@
 Distribution name ``jax-cam``; import name ``jaxcam``. The public API is listed in ``__all__``.
 """
 
-from . import targets
-from ._explain import explain
+from . import metrics, targets
+from ._explain import explain, explainer
 from .data import imagenet_classes, preprocess, sample_images, to_rgb
 from .errors import (CheckpointError, ChecksumMismatchError, ClassIndexError, ImageDtypeError, ImageError,
-                     ImageFileError, ImageShapeError, JaxcamError, MissingCheckpointFilesError,
-                     MissingDependencyError, NonFiniteImageError, StateDictError, UnknownArchitectureError,
+                     ImageFileError, ImageShapeError, JaxcamError, MapError, MaskError,
+                     MissingCheckpointFilesError, MissingDependencyError, NonFiniteImageError, StateDictError, UnknownArchitectureError,
                      UnknownLayerError, UnknownNameError)
 from .methods import METHODS, MethodSpec
 from .models import ARCHITECTURES, Model, Predictions, convert_state_dict, split
+from .evaluate import METRICS, evaluate
 from .models.loader import load_model
+from .table import Table
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARCHITECTURES", "METHODS", "MethodSpec", "explain", "targets", "CheckpointError", "ChecksumMismatchError", "ClassIndexError", "ImageDtypeError", "ImageError",
+    "ARCHITECTURES", "METHODS", "METRICS", "MethodSpec", "Table", "evaluate", "explain", "explainer", "metrics",
+    "targets", "MapError", "MaskError", "CheckpointError", "ChecksumMismatchError", "ClassIndexError", "ImageDtypeError", "ImageError",
     "ImageFileError", "ImageShapeError", "JaxcamError", "MissingCheckpointFilesError", "MissingDependencyError",
     "Model", "NonFiniteImageError", "Predictions", "StateDictError", "UnknownArchitectureError", "UnknownLayerError",
     "UnknownNameError", "__version__", "convert_state_dict", "imagenet_classes", "load_model", "preprocess",

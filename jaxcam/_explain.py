@@ -275,14 +275,27 @@ def explain(model: Model, images, method: str | Sequence[str] = "gradcam", targe
     Returns:
       (N, H, W) float32 maps in [0, 1] (a dict of them for a list of methods).
     """
+    cfg, names = _configure(model, method, layer, target=target, raw=raw, eigen_smooth=eigen_smooth,
+                            eigen_sign=eigen_sign, aug_smooth=aug_smooth, noise_samples=noise_samples,
+                            noise_std=noise_std, batch_size=batch_size, method_options=method_options)
+    x = model.check_input(images if preprocessed else model.preprocess(images))
+    classes = targets_mod.class_indices(targets, x.shape[0], model.num_classes)
+    key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
+    result, logits, cls = _program(model.graphdef, cfg)(model.params, x, classes, key)
+    out = {n: result[n] for n in names} if not isinstance(method, str) or method == "all" else result[names[0]]
+    return (out, logits, cls) if return_logits else out
+
+
+def _configure(model: Model, method, layer, *, target=None, raw: bool = False, eigen_smooth: bool = False,
+               eigen_sign: str = "max_abs", aug_smooth: bool = False, noise_samples: int = 0,
+               noise_std: float = 0.15, batch_size: int | None = None, method_options: dict | None = None):
+    """Validate explain()'s static arguments: ``(Config, method names to return)``."""
     names = _resolve_methods(method)
     idx = _resolve_layers(model, layer)
     if method == "all":  # every method that applies to these layers
         names = tuple(n for n in names if not METHODS[n].gap_fc_only or _gap_fc_ok(model, idx))
     for n in names:
         _check_gap_fc(model, METHODS[n], idx)
-    x = model.check_input(images if preprocessed else model.preprocess(images))
-    classes = targets_mod.class_indices(targets, x.shape[0], model.num_classes)
     on_cpu = jax.default_backend() == "cpu"
     batch_size = (8 if on_cpu else 64) if batch_size is None else batch_size
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -303,12 +316,33 @@ def explain(model: Model, images, method: str | Sequence[str] = "gradcam", targe
     biases = tuple((p, b.tobytes()) for p, b in bias_layers(model)) if "fullgrad" in computed else ()
     cfg = Config(idx, len(model.stage_names), computed, scores, raw, eigen_smooth, eigen_sign, aug_smooth,
                  noise_samples, float(noise_std), batch_size, on_cpu, options, tuple(model.arch.mean),
-                 tuple(model.arch.std),
-                 biases)
-    key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
-    result, logits, cls = _program(model.graphdef, cfg)(model.params, x, classes, key)
-    out = {n: result[n] for n in names} if not isinstance(method, str) or method == "all" else result[names[0]]
-    return (out, logits, cls) if return_logits else out
+                 tuple(model.arch.std), biases)
+    return cfg, names
+
+
+def explainer(model: Model, method: str = "gradcam", layer=None, **options):
+    """One method as a pure function ``fn(params, x, classes, key) -> maps (N, H, W)`` of a preprocessed batch:
+    the program :func:`explain` runs, for use inside other compiled programs (metrics that re-explain perturbed
+    images, parameter randomisation). ``classes`` (N,) int32, or None for the predicted classes; ``options``: the
+    static keyword arguments of :func:`explain` (``target``, ``eigen_smooth``, ``batch_size``, ...) except ``raw``."""
+    if not isinstance(method, str) or method == "all":
+        raise ValueError(f"explainer takes one method name, got {method!r}")
+    if options.get("raw"):
+        raise ValueError("explainer returns final maps; raw=True is not supported")
+    cfg, (name,) = _configure(model, method, layer, **options)
+    program = _program(model.graphdef, cfg)
+    return Explainer(program, name)
+
+
+@dataclass(frozen=True)
+class Explainer:
+    """A compiled explain() program restricted to one method; hashable, so other programs take it as static."""
+
+    program: Callable
+    name: str
+
+    def __call__(self, params, x, classes, key):
+        return self.program(params, x, classes, key)[0][self.name]
 
 
 def _options(method_options, names) -> tuple:

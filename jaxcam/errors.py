@@ -103,3 +103,11 @@ class ClassIndexError(JaxcamError, IndexError):
 
 class MissingDependencyError(JaxcamError, ImportError):
     """An optional dependency (for example torch, for reading .pth files) is not installed."""
+
+
+class MapError(JaxcamError, ValueError):
+    """Saliency maps that cannot be evaluated: wrong shape or rank, or NaN/inf values (named by image index)."""
+
+
+class MaskError(JaxcamError, ValueError):
+    """Ground-truth masks or boxes that cannot be used: wrong shape, or empty (a box entirely outside the image)."""

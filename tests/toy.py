@@ -46,3 +46,24 @@ def toy_model(offset=0.0, seed=0, zero_head=False, num_classes=5):
 
 def toy_input(n=2, size=32, seed=0):
     return jnp.asarray(np.random.default_rng(seed).uniform(0, 1, (n, size, size, 3)).astype(np.float32))
+
+
+class LinearToy(nnx.Module):
+    """A classifier linear in its input: 1x1 conv -> global average pool -> fc (no nonlinearity)."""
+
+    def __init__(self, num_classes=4, channels=5, *, rngs):
+        self.conv = nnx.Conv(3, channels, kernel_size=(1, 1), use_bias=True, rngs=rngs)
+        self.fc = nnx.Linear(channels, num_classes, rngs=rngs)
+
+    def stages(self):
+        return [("conv", self.conv), ("avgpool", global_avg_pool), ("fc", self.fc)]
+
+    def layer_aliases(self):
+        return {}
+
+
+def linear_model(seed=0, num_classes=4):
+    arch = Architecture("linear_toy", "toy", lambda n, rngs: LinearToy(n, rngs=rngs), "conv", "fc.kernel",
+                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=16)
+    graphdef, state = nnx.split(LinearToy(num_classes, rngs=nnx.Rngs(seed)))
+    return Model(arch, graphdef, state, source="toy")

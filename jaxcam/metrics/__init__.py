@@ -1,5 +1,31 @@
-"""Evaluation metrics. So far: ROAD (used by MetaCAM's adaptive thresholding); the full metrics module is next."""
+"""Evaluation metrics for saliency maps: per-example pure functions, vmapped and chunked inside compiled programs.
 
+Faithfulness: :func:`deletion_insertion`, :func:`road`, :func:`average_drop`, :func:`increase_in_confidence`,
+:func:`cam_mult_confidence_change`, :func:`relative_confidence_drop`, :func:`faithfulness_correlation`,
+:func:`subset_scores` / :func:`cumulative_residual_effect` (MetaCAM).
+Localisation: :func:`pointing_game`, :func:`energy_pointing_game`, :func:`relevance_mass_accuracy`,
+:func:`relevance_rank_accuracy`, :func:`iou`.
+Sanity: :func:`cascading_randomisation`, :func:`independent_randomisation`.
+Complexity: :func:`sparseness`, :func:`entropy`.
+Stability: :func:`sensitivity`, :func:`local_lipschitz`, and the map similarities in :mod:`.similarity`.
+Statistics: :mod:`.statistics` (Friedman with Nemenyi, Wilcoxon-Holm, Kruskal-Wallis, bootstrap intervals).
+:func:`jaxcam.evaluate` runs methods and metrics together into one tidy table.
+"""
+
+from .complexity import entropy, sparseness
+from .confidence import (average_drop, cam_mult_confidence_change, faithfulness_correlation, increase_in_confidence,
+                         relative_confidence_drop)
+from .deletion import Curves, deletion_insertion, rise_blur
+from .ensemble import cumulative_residual_effect, subset_scores
+from .inputs import boxes_to_masks
+from .localisation import energy_pointing_game, iou, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
 from .road import PERCENTILES, impute, road, road_combined, road_scores
+from .stability import Sensitivity, local_lipschitz, sensitivity
 
-__all__ = ["PERCENTILES", "impute", "road", "road_combined", "road_scores"]
+__all__ = [
+    "PERCENTILES", "Curves", "Sensitivity", "average_drop", "boxes_to_masks", "cam_mult_confidence_change",
+    "cumulative_residual_effect", "deletion_insertion", "energy_pointing_game", "entropy", "faithfulness_correlation",
+    "impute", "increase_in_confidence", "iou", "local_lipschitz", "pointing_game", "relative_confidence_drop",
+    "relevance_mass_accuracy", "relevance_rank_accuracy", "rise_blur", "road", "road_combined", "road_scores",
+    "sensitivity", "sparseness", "subset_scores",
+]

@@ -1,0 +1,82 @@
+"""Validation shared by the metrics: maps, masks and boxes in; clear errors out (never a NaN deep inside XLA)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..errors import MapError, MaskError
+from ..postprocess import resize
+
+
+def check_maps(cams, n: int | None = None, size: tuple[int, int] | None = None, name: str = "cams") -> jax.Array:
+    """(N, H, W) float32 maps, finite. With ``size``, maps at another resolution (e.g. a CAM at feature resolution)
+    are bilinearly resized to it (half-pixel centres, as torchcam and pytorch-grad-cam resize)."""
+    arr = np.asarray(cams) if not isinstance(cams, jax.Array) else cams
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise MapError(f"{name} must have shape (N, H, W), got {tuple(arr.shape)}")
+    if n is not None and arr.shape[0] != n:
+        raise MapError(f"{name} holds {arr.shape[0]} maps for {n} images")
+    arr = jnp.asarray(arr, jnp.float32)
+    finite = np.asarray(jnp.isfinite(arr).all(axis=(1, 2)))
+    if not finite.all():
+        raise MapError(f"{name}[{int(np.argmin(finite))}] contains NaN or inf values")
+    if size is not None and tuple(arr.shape[1:]) != tuple(size):
+        arr = jax.vmap(lambda m: resize(m, tuple(size)))(arr)
+    return arr
+
+
+def check_masks(masks, n: int, size: tuple[int, int], name: str = "masks") -> jax.Array:
+    """(N, H, W) boolean masks of the maps' size, none empty."""
+    arr = np.asarray(masks)
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.shape != (n, *size):
+        raise MaskError(f"{name} must have shape {(n, *size)} (one mask per map), got {tuple(arr.shape)}")
+    arr = arr.astype(bool)
+    empty = ~arr.any(axis=(1, 2))
+    if empty.any():
+        raise MaskError(f"{name}[{int(np.argmax(empty))}] is empty: no ground-truth pixel to localise")
+    return jnp.asarray(arr)
+
+
+def boxes_to_masks(boxes, size: tuple[int, int]) -> np.ndarray:
+    """Masks (N, H, W) from boxes ``(y0, x0, y1, x1)`` in pixels (exclusive ends), one box per image as an (N, 4)
+    array or several per image as a list of (B_i, 4) arrays (their union). Boxes are clipped to the image; a box
+    entirely outside it contributes nothing, and an image left with no pixel raises :class:`MaskError`."""
+    h, w = size
+    per_image = [np.asarray(b, np.float64).reshape(-1, 4) for b in boxes]
+    out = np.zeros((len(per_image), h, w), bool)
+    for i, bs in enumerate(per_image):
+        if not np.isfinite(bs).all():
+            raise MaskError(f"boxes[{i}] contains NaN or inf coordinates")
+        for y0, x0, y1, x1 in bs:
+            if y1 < y0 or x1 < x0:
+                raise MaskError(f"boxes[{i}] = {(y0, x0, y1, x1)} has its end before its start; use (y0, x0, y1, x1)")
+            ya, yb = int(np.clip(np.floor(y0), 0, h)), int(np.clip(np.ceil(y1), 0, h))
+            xa, xb = int(np.clip(np.floor(x0), 0, w)), int(np.clip(np.ceil(x1), 0, w))
+            out[i, ya:yb, xa:xb] = True
+        if not out[i].any():
+            raise MaskError(f"boxes[{i}] lie entirely outside the {h}x{w} image: no ground-truth pixel left")
+    return out
+
+
+def model_inputs(model, x, cams, targets):
+    """Validated ``(x, cams at input size, class indices or None)`` for a metric that calls ``model``."""
+    from ..targets import class_indices
+
+    x = model.check_input(x)
+    cams = check_maps(cams, x.shape[0], tuple(x.shape[1:3]))
+    return x, cams, class_indices(targets, x.shape[0], model.num_classes)
+
+
+def default_batch_size(batch_size: int | None) -> int:
+    """The chunk of forward passes per step: 8 on CPU (small batches run fastest per image), 64 on accelerators."""
+    if batch_size is None:
+        return 8 if jax.default_backend() == "cpu" else 64
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)
