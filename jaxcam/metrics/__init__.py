@@ -21,11 +21,14 @@ from .inputs import boxes_to_masks
 from .localisation import energy_pointing_game, iou, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
 from .road import PERCENTILES, impute, road, road_combined, road_scores
 from .stability import Sensitivity, local_lipschitz, sensitivity
+from .statistics import (bootstrap_ci, bootstrap_table, friedman, kruskal, nemenyi, wilcoxon,
+                         wilcoxon_holm)
 
 __all__ = [
     "PERCENTILES", "Curves", "Sensitivity", "average_drop", "boxes_to_masks", "cam_mult_confidence_change",
     "cumulative_residual_effect", "deletion_insertion", "energy_pointing_game", "entropy", "faithfulness_correlation",
     "impute", "increase_in_confidence", "iou", "local_lipschitz", "pointing_game", "relative_confidence_drop",
     "relevance_mass_accuracy", "relevance_rank_accuracy", "rise_blur", "road", "road_combined", "road_scores",
-    "sensitivity", "sparseness", "subset_scores",
+    "sensitivity", "sparseness", "subset_scores", "bootstrap_ci", "bootstrap_table", "friedman", "kruskal", "nemenyi",
+    "wilcoxon", "wilcoxon_holm",
 ]
