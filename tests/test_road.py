@@ -42,8 +42,12 @@ def test_road_api_and_errors():
     lerf = road(model, x, cams, which="lerf", percentiles=(20, 80), noise=0.0)
     morf = road(model, x, cams, which="morf", percentiles=(20, 80), noise=0.0)
     np.testing.assert_allclose(road(model, x, cams, percentiles=(20, 80), noise=0.0), (lerf - morf) / 2, atol=1e-6)
-    with pytest.raises(ValueError, match="cams must have shape"):
-        road(model, x, cams[:, :16])
+    with pytest.raises(jaxcam.MapError, match=r"\(N, H, W\)"):
+        road(model, x, cams[0])
+    with pytest.raises(jaxcam.MapError, match="NaN"):
+        road(model, x, cams.at[1, 0, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match="percentiles"):
+        road(model, x, cams, percentiles=(0, 50))
     with pytest.raises(ValueError, match="unknown ROAD variant"):
         road(model, x, cams, which="best")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 _OFFSETS = (((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12), ((0, -1), 1 / 6),
@@ -52,22 +53,34 @@ def _keep_mask(cam, percentile, most_relevant_first: bool):
 
 
 def road_scores(forward, score, x, cams, cls, percentiles=PERCENTILES, most_relevant_first: bool = True,
-                noise: float = 0.0, key=None, batch_size: int = 16):
-    """(N,) mean over ``percentiles`` of ``target(f(imputed)) - target(f(x))``: ROAD MoRF or LeRF averaged."""
-    n = x.shape[0]
+                noise: float = 0.0, key=None, batch_size: int = 16, sequential: bool | None = None):
+    """(N,) mean over ``percentiles`` of ``target(f(imputed)) - target(f(x))``: ROAD MoRF or LeRF averaged.
+
+    The (image, percentile) imputations run in chunks of ``batch_size``, each chunk's imputed images scored by one
+    batched forward. Within a chunk the imputations run one after another (``sequential``, the default on CPU: each
+    conjugate-gradient solve stops at its own convergence instead of the slowest one's) or vmapped (accelerators).
+    """
+    n, n_p = x.shape[0], len(percentiles)
     key = jax.random.key(0) if key is None else key
+    sequential = jax.default_backend() == "cpu" if sequential is None else sequential
     base = jax.vmap(score)(forward(x), cls)
     pct = jnp.asarray(percentiles, x.dtype)
-    keys = jax.random.split(key, (n, len(percentiles)))
+    keys = jax.random.split(key, (n, n_p))
+    total = n * n_p
+    b = min(batch_size, total)
+    chunks = -(-total // b)
 
-    def one(i_p):
-        i, p = i_p // len(percentiles), i_p % len(percentiles)
-        keep = _keep_mask(cams[i], pct[p], most_relevant_first)
-        xi = impute(x[i], keep, noise, keys[i, p])
-        return score(forward(xi[None])[0], cls[i])
+    def impute_one(k):
+        i, p = k // n_p, k % n_p
+        return impute(x[i], _keep_mask(cams[i], pct[p], most_relevant_first), noise, keys[i, p])
 
-    after = jax.lax.map(one, jnp.arange(n * len(percentiles)), batch_size=batch_size)
-    return after.reshape(n, len(percentiles)).mean(axis=1) - base
+    def chunk(ks):
+        imgs = jax.lax.map(impute_one, ks) if sequential else jax.vmap(impute_one)(ks)
+        return jax.vmap(score)(forward(imgs), cls[ks // n_p])
+
+    idx = (jnp.arange(chunks * b) % total).reshape(chunks, b)  # the last chunk wraps round: no ragged shapes
+    after = jax.lax.map(chunk, idx).reshape(-1)[:total]
+    return after.reshape(n, n_p).mean(axis=1) - base
 
 
 def road_combined(forward, score, x, cams, cls, percentiles=PERCENTILES, noise: float = 0.0, key=None,
@@ -80,27 +93,26 @@ def road_combined(forward, score, x, cams, cls, percentiles=PERCENTILES, noise: 
 
 
 def road(model, x, cams, targets=None, *, which: str = "combined", percentiles=PERCENTILES, noise: float = 0.01,
-         key=0, target="probability", batch_size: int = 16):
+         key=0, target="probability", batch_size: int | None = None):
     """ROAD scores (N,) of maps ``cams`` (N, H, W) in [0, 1] for a preprocessed batch ``x`` under ``model``.
 
     ``which``: "combined", "morf" or "lerf" (the averaged variants; one percentile gives pytorch-grad-cam's
     single-threshold classes). ``target``: the score the change is measured in (default: the softmax
     probability, as pytorch-grad-cam's examples use). ``targets``: None (predicted classes) or class indices.
+    ``batch_size``: imputed images per forward (default 8 on CPU, 64 on accelerators).
     Matches pytorch-grad-cam 1.5.7 with ``noise=0``.
     """
     from .. import targets as targets_mod
+    from .inputs import default_batch_size, model_inputs
 
     if which not in ("combined", "morf", "lerf"):
         raise ValueError(f"unknown ROAD variant {which!r}; valid: 'combined', 'morf', 'lerf'")
-    x = model.check_input(x)
-    cams = jnp.asarray(cams, jnp.float32)
-    if cams.shape != x.shape[:3]:
-        raise ValueError(f"cams must have shape {tuple(x.shape[:3])} (one map per image at input size), "
-                         f"got {tuple(cams.shape)}")
-    classes = targets_mod.class_indices(targets, x.shape[0], model.num_classes)
-    key = jax.random.key(key) if isinstance(key, int) else key
+    if not percentiles or not all(0 < p < 100 for p in percentiles):
+        raise ValueError(f"percentiles must be a non-empty sequence of values in (0, 100), got {percentiles!r}")
+    x, cams, classes = model_inputs(model, x, cams, targets)
+    key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
     return _road_program(model.forward_fn.func, targets_mod.resolve(target), which, tuple(percentiles),
-                         float(noise), batch_size)(model.params, x, cams, classes, key)
+                         float(noise), default_batch_size(batch_size))(model.params, x, cams, classes, key)
 
 
 _PROGRAMS: dict = {}
