@@ -40,8 +40,11 @@ def impute(img, keep, noise: float = 0.0, key=None, maxiter: int = 2000, tol: fl
     def operator(x):
         return u * (valid * x - _neighbour_sum(u * x)) + (1 - u) * x
 
-    x, _ = jax.scipy.sparse.linalg.cg(operator, b, x0=u * img.mean(axis=(0, 1), keepdims=True), tol=tol,
-                                      maxiter=maxiter)
+    # start from the mean of the known pixels; with none known the system is singular (any constant solves it) and
+    # the start, 0, is kept: pytorch-grad-cam's spsolve returns 0 there too
+    known = jnp.maximum(jnp.sum(1 - u), 1.0)
+    x0 = u * jnp.sum(img * (1 - u), axis=(0, 1), keepdims=True) / known
+    x, _ = jax.scipy.sparse.linalg.cg(operator, b, x0=x0, tol=tol, maxiter=maxiter)
     if noise:
         x = x + noise * jax.random.normal(key, img.shape, img.dtype)
     return jnp.where(u > 0, x, img)
