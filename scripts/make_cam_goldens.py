@@ -265,7 +265,6 @@ def main() -> None:
                     print(f"  batch check {method} (pgc default batch size vs {BATCH}): max |diff| {d:.2e} "
                           f"({time.time() - t0:.1f}s)", flush=True)
                     assert d < 1e-4, d
-        del tm
 
     # Sanity check, quantise, save.
     keys = list(maps)
