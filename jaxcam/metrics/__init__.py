@@ -7,7 +7,8 @@ Localisation: :func:`pointing_game`, :func:`energy_pointing_game`, :func:`releva
 :func:`relevance_rank_accuracy`, :func:`iou`.
 Sanity: :func:`cascading_randomisation`, :func:`independent_randomisation`.
 Complexity: :func:`sparseness`, :func:`entropy`.
-Stability: :func:`sensitivity`, :func:`local_lipschitz`, and the map similarities in :mod:`.similarity`.
+Stability: :func:`sensitivity`, :func:`local_lipschitz`, and the map similarities of :mod:`.similarity`
+(:func:`compare_maps` over batches; Spearman, Pearson, SSIM, HOG, top-k IoU, normalised L1).
 Statistics: :mod:`.statistics` (Friedman with Nemenyi, Wilcoxon-Holm, Kruskal-Wallis, bootstrap intervals).
 :func:`jaxcam.evaluate` runs methods and metrics together into one tidy table.
 """
@@ -20,6 +21,10 @@ from .ensemble import cumulative_residual_effect, subset_scores
 from .inputs import boxes_to_masks
 from .localisation import energy_pointing_game, iou, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
 from .road import PERCENTILES, impute, road, road_combined, road_scores
+from .sanity import cascading_randomisation, independent_randomisation, randomise, stage_parameters
+from .similarity import (SIMILARITIES, hog, hog_pearson, hog_spearman, normalised_l1, pearson, spearman, spearman_abs,
+                         ssim, topk_iou)
+from .similarity import similarity as compare_maps
 from .stability import Sensitivity, local_lipschitz, sensitivity
 from .statistics import (bootstrap_ci, bootstrap_table, friedman, kruskal, nemenyi, wilcoxon,
                          wilcoxon_holm)
@@ -30,5 +35,7 @@ __all__ = [
     "impute", "increase_in_confidence", "iou", "local_lipschitz", "pointing_game", "relative_confidence_drop",
     "relevance_mass_accuracy", "relevance_rank_accuracy", "rise_blur", "road", "road_combined", "road_scores",
     "sensitivity", "sparseness", "subset_scores", "bootstrap_ci", "bootstrap_table", "friedman", "kruskal", "nemenyi",
-    "wilcoxon", "wilcoxon_holm",
+    "wilcoxon", "wilcoxon_holm", "SIMILARITIES", "cascading_randomisation", "compare_maps", "hog", "hog_pearson",
+    "hog_spearman", "independent_randomisation", "normalised_l1", "pearson", "randomise", "spearman", "spearman_abs",
+    "ssim", "stage_parameters", "topk_iou",
 ]

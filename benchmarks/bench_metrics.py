@@ -1,0 +1,162 @@
+"""jaxcam's metrics against pytorch-grad-cam 1.5.7 and torchcam 0.5.0 on identical weights, images and maps (CPU).
+
+Workloads (ResNet-50 with jaxcam's deterministic random weights, 8 photographs at 224 x 224, Grad-CAM maps from
+layer4 computed once by jaxcam and handed to both sides):
+- ROAD combined at pytorch-grad-cam's default percentiles (10..90) against ``ROADCombined``, imputation noise off on
+  both sides so the answers can be compared (the reference's noise is unseeded);
+- deletion + insertion AUC (20 steps, zeros substrate for both curves, softmax scores) against torchcam's
+  ``DeletionInsertionMetric`` (its default batch of 32 forwards);
+- Average Drop / Increase in Confidence against torchcam's ``ClassificationMetric``.
+The outputs are compared before anything is timed. Writes benchmarks/results/metrics-<model>-b<batch>-<device>.json.
+
+    pip install -e '.[torch]' && python benchmarks/bench_metrics.py [--batch 8] [--repeats 3] [--only road deletion]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from functools import partial
+from unittest import mock
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import check_agreement, environment, timeit, write  # noqa: E402
+
+import jaxcam  # noqa: E402
+from jaxcam import metrics as M  # noqa: E402
+from jaxcam.models import random_state_dict  # noqa: E402
+from jaxcam.models.architectures import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+
+class FixedCAMs:
+    """torchcam's CAM-extractor protocol, returning precomputed maps (both libraries score the same maps)."""
+
+    def __init__(self, model, cams):
+        import torch
+
+        self.model, self.cams = model, torch.from_numpy(cams)
+
+    def __call__(self, class_idx=None, scores=None, normalized=True, **kwargs):
+        return [self.cams]
+
+    def fuse_cams(self, cams):
+        return cams[0]
+
+    def _hooks_off(self):
+        return contextlib.nullcontext()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="resnet50")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--only", nargs="*", default=None, choices=["road", "deletion", "average_drop"])
+    args = ap.parse_args()
+
+    import torch
+    import torchcam.metrics as tcm
+    import torchvision
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    torch.set_num_threads(args.threads)
+    sd = random_state_dict(args.model, seed=0)
+    model = jaxcam.load_model(args.model, weights=sd)
+    tm = getattr(torchvision.models, args.model)()
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
+    tm.eval()
+    photos = list(jaxcam.sample_images().values())
+    x = jaxcam.preprocess([photos[i % len(photos)] for i in range(args.batch)], size=args.size,
+                          mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    xj = jax.device_put(x)
+    cams = np.asarray(jaxcam.explain(model, xj, "gradcam", preprocessed=True))
+    classes = [int(c) for c in np.argmax(np.asarray(model(xj)), -1)]
+    soft = partial(torch.softmax, dim=-1)
+    res = {"env": environment(), "model": args.model, "batch": args.batch, "size": args.size, "dtype": "float32",
+           "maps": "gradcam layer4", "workloads": {}}
+    want = set(args.only or ["road", "deletion", "average_drop"])
+
+    def record(name, ours_fn, ref_fn, tol=1e-4, ref_repeats=None):
+        t0 = time.perf_counter()
+        ours_out = ours_fn()  # the first call compiles: reported apart as compile_s
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ref_out = ref_fn()
+        ref_first = time.perf_counter() - t0
+        agree = check_agreement(name, ours_out, ref_out, atol=tol, min_r=0.99)
+        o = timeit(ours_fn, args.repeats, warmup=0)
+        r = timeit(ref_fn, ref_repeats, warmup=0) if ref_repeats else {"median_s": ref_first, "repeats": 1}
+        o["compile_s"] = compile_s
+        res["workloads"][name] = {"jaxcam": o, "reference": r, "speedup": r["median_s"] / o["median_s"], **agree}
+        print(f"{name:28s} jaxcam {o['median_s']:8.2f} s (first call {compile_s:.1f} s)  reference "
+              f"{r['median_s']:8.2f} s  speed-up {r['median_s'] / o['median_s']:6.1f}x", flush=True)
+
+    if "road" in want:
+        def ours_road():
+            return np.asarray(M.road(model, xj, cams, which="combined", noise=0.0))
+
+        def ref_road():
+            with mock.patch("torch.randn_like", lambda t: torch.zeros_like(t)):  # the unseeded noise, off
+                return ROADCombined()(xt, cams, [ClassifierOutputSoftmaxTarget(c) for c in classes], tm)
+
+        record("road_combined (pgc)", ours_road, ref_road, tol=1e-4)  # the reference takes minutes: one run
+
+    if "deletion" in want:
+        def ours_di():
+            c = M.deletion_insertion(model, xj, cams, classes, steps=20, insertion_substrate="zeros")
+            return np.asarray([float(c.deletion_auc.mean()), float(c.insertion_auc.mean())])
+
+        def ref_di():
+            m = tcm.DeletionInsertionMetric(FixedCAMs(tm, cams), soft, steps=20)
+            m.update(xt, classes)
+            s = m.summary()
+            return np.asarray([s["deletion_auc"], s["insertion_auc"]])
+
+        record("deletion+insertion (torchcam)", ours_di, ref_di, tol=1e-4, ref_repeats=args.repeats)
+
+    if "average_drop" in want:
+        def ours_ad():
+            return np.asarray(M.average_drop(model, xj, cams, classes, space="normalised"))
+
+        def ref_ad():
+            m = tcm.ClassificationMetric(FixedCAMs(tm, cams), soft)
+            out = []
+            for i in range(len(classes)):  # per image, to compare per-image values; the timing is one batched call
+                m.cam_extractor.cams = torch.from_numpy(cams[i:i + 1])
+                m.update(xt[i:i + 1], classes[i:i + 1])
+                out.append(m.summary()["avg_drop"])
+                m.reset()
+            m.cam_extractor.cams = torch.from_numpy(cams)
+            return np.asarray(out)
+
+        def ref_ad_batched():
+            m = tcm.ClassificationMetric(FixedCAMs(tm, cams), soft)
+            m.update(xt, classes)
+            return m.summary()["avg_drop"]
+
+        record("average_drop (torchcam)", ours_ad, ref_ad, tol=1e-4)
+        res["workloads"]["average_drop (torchcam)"]["reference"] = timeit(ref_ad_batched, args.repeats, warmup=1)
+        w = res["workloads"]["average_drop (torchcam)"]
+        w["speedup"] = w["reference"]["median_s"] / w["jaxcam"]["median_s"]
+        print(f"{'  (reference batched)':28s} {w['reference']['median_s']:8.3f} s  speed-up {w['speedup']:.1f}x")
+
+    only = "" if args.only is None else "-" + "+".join(sorted(args.only))
+    out = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                   f"metrics-{args.model}-b{args.batch}-{jax.devices()[0].platform}{only}.json")
+    write(res, out)
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
