@@ -22,11 +22,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import check_agreement, environment, timeit, write  # noqa: E402
+from harness import check_agreement, environment, same_model_and_photos, timeit, write  # noqa: E402
 
 import jaxcam  # noqa: E402
-from jaxcam.models import random_state_dict  # noqa: E402
-from jaxcam.models.architectures import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 PGC_GRADIENT = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
                 "hirescam": "HiResCAM", "gradcam_elementwise": "GradCAMElementWise", "layercam": "LayerCAM",
@@ -47,21 +45,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import pytorch_grad_cam as pgc
-    import torch
-    import torchvision
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    torch.set_num_threads(args.threads)
-    sd = random_state_dict(args.model, seed=0)
-    model = jaxcam.load_model(args.model, weights=sd)
-    tm = getattr(torchvision.models, args.model)()
-    tm.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
-    tm.eval()
+    model, tm, x, xt = same_model_and_photos(args.model, args.batch, args.size, args.threads)
     layer = [tm.layer4[-1]]
-    photos = list(jaxcam.sample_images().values())
-    x = jaxcam.preprocess([photos[i % len(photos)] for i in range(args.batch)], size=args.size,
-                          mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     xj = jax.device_put(x)
     classes = np.argmax(np.asarray(model(xj)), -1)
     tt = [ClassifierOutputTarget(int(c)) for c in classes]

@@ -77,3 +77,25 @@ def write(results: dict, path: str) -> None:
     with open(path, "w") as f:
         json.dump(results, f, indent=2)
         f.write("\n")
+
+
+def same_model_and_photos(arch: str, batch: int, size: int, threads: int):
+    """The setup every benchmark shares: ``(jaxcam model, torchvision model, x NHWC numpy, x NCHW torch)`` with the
+    same deterministic random weights on both sides and ``batch`` of scikit-image's photographs (cycled)."""
+    import torch
+    import torchvision
+
+    import jaxcam
+    from jaxcam.models import random_state_dict
+    from jaxcam.models.architectures import IMAGENET_MEAN, IMAGENET_STD
+
+    torch.set_num_threads(threads)
+    sd = random_state_dict(arch, seed=0)
+    model = jaxcam.load_model(arch, weights=sd)
+    tm = getattr(torchvision.models, arch)()
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
+    tm.eval()
+    photos = list(jaxcam.sample_images().values())
+    x = jaxcam.preprocess([photos[i % len(photos)] for i in range(batch)], size=size, mean=IMAGENET_MEAN,
+                          std=IMAGENET_STD)
+    return model, tm, x, torch.from_numpy(x.transpose(0, 3, 1, 2).copy())

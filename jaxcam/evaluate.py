@@ -30,34 +30,46 @@ class MetricSpec:
     group: str
     higher_is_better: bool
     needs: str
+    parity: str
 
 
-def _spec(name, family, group, higher, needs):
-    return name, MetricSpec(name, family, group, higher, needs)
+TC, PGC, Q, CF, BT = "torchcam 0.5.0", "pytorch-grad-cam 1.5.7", "Quantus 0.6.0", "closed-form tests", "behavioural tests"
+
+
+def _spec(name, family, group, higher, needs, parity):
+    return name, MetricSpec(name, family, group, higher, needs, parity)
 
 
 METRICS: dict[str, MetricSpec] = dict([
-    _spec("deletion_auc", "faithfulness", "deletion_insertion", False, "model"),
-    _spec("insertion_auc", "faithfulness", "deletion_insertion", True, "model"),
-    _spec("road_combined", "faithfulness", "road", True, "model"),
-    _spec("road_morf", "faithfulness", "road", False, "model"),
-    _spec("road_lerf", "faithfulness", "road", True, "model"),
-    _spec("average_drop", "faithfulness", "average_drop", False, "model"),
-    _spec("increase_in_confidence", "faithfulness", "increase_in_confidence", True, "model"),
-    _spec("cam_mult_confidence_change", "faithfulness", "cam_mult_confidence_change", True, "model"),
-    _spec("relative_confidence_drop", "faithfulness", "relative_confidence_drop", True, "model"),
-    _spec("faithfulness_correlation", "faithfulness", "faithfulness_correlation", True, "model"),
-    _spec("pointing_game", "localisation", "pointing_game", True, "masks"),
-    _spec("energy_pointing_game", "localisation", "energy_pointing_game", True, "masks"),
-    _spec("relevance_mass_accuracy", "localisation", "relevance_mass_accuracy", True, "masks"),
-    _spec("relevance_rank_accuracy", "localisation", "relevance_rank_accuracy", True, "masks"),
-    _spec("iou", "localisation", "iou", True, "masks"),
-    _spec("sparseness", "complexity", "sparseness", True, "maps"),
-    _spec("entropy", "complexity", "entropy", False, "maps"),
-    _spec("max_sensitivity", "stability", "sensitivity", False, "method"),
-    _spec("avg_sensitivity", "stability", "sensitivity", False, "method"),
-    _spec("local_lipschitz", "stability", "local_lipschitz", False, "method"),
+    _spec("deletion_auc", "faithfulness", "deletion_insertion", False, "model", TC),
+    _spec("insertion_auc", "faithfulness", "deletion_insertion", True, "model", TC),
+    _spec("road_combined", "faithfulness", "road", True, "model", PGC),
+    _spec("road_morf", "faithfulness", "road", False, "model", PGC),
+    _spec("road_lerf", "faithfulness", "road", True, "model", PGC),
+    _spec("average_drop", "faithfulness", "average_drop", False, "model", TC),
+    _spec("increase_in_confidence", "faithfulness", "increase_in_confidence", True, "model", TC),
+    _spec("cam_mult_confidence_change", "faithfulness", "cam_mult_confidence_change", True, "model", PGC),
+    _spec("relative_confidence_drop", "faithfulness", "relative_confidence_drop", True, "model", CF),
+    _spec("faithfulness_correlation", "faithfulness", "faithfulness_correlation", True, "model", CF),
+    _spec("pointing_game", "localisation", "pointing_game", True, "masks", Q),
+    _spec("energy_pointing_game", "localisation", "energy_pointing_game", True, "masks", CF),
+    _spec("relevance_mass_accuracy", "localisation", "relevance_mass_accuracy", True, "masks", Q),
+    _spec("relevance_rank_accuracy", "localisation", "relevance_rank_accuracy", True, "masks", Q),
+    _spec("iou", "localisation", "iou", True, "masks", CF),
+    _spec("sparseness", "complexity", "sparseness", True, "maps", Q),
+    _spec("entropy", "complexity", "entropy", False, "maps", Q),
+    _spec("max_sensitivity", "stability", "sensitivity", False, "method", BT),
+    _spec("avg_sensitivity", "stability", "sensitivity", False, "method", BT),
+    _spec("local_lipschitz", "stability", "local_lipschitz", False, "method", BT),
 ])
+
+def markdown_table() -> str:
+    """The README's metric table, generated from :data:`METRICS` (a test keeps the two equal)."""
+    lines = ["| metric | family | better | needs | checked against |", "|---|---|---|---|---|"]
+    lines += [f"| `{s.name}` | {s.family} | {'higher' if s.higher_is_better else 'lower'} | {s.needs} | {s.parity} |"
+              for s in METRICS.values()]
+    return "\n".join(lines)
+
 
 DEFAULT_METRICS = ("deletion_auc", "insertion_auc", "road_combined", "average_drop", "increase_in_confidence",
                    "sparseness")

@@ -11,6 +11,7 @@ from jaxcam import METHODS, explain
 from jaxcam._explain import TRACE_COUNT
 from jaxcam.methods import gradient_methods
 
+from .jaxprs import count
 from .toy import toy_input, toy_model
 
 
@@ -92,18 +93,6 @@ def test_jit_equals_eager(name, toy, all_toy):
     np.testing.assert_allclose(all_toy[name], eager, atol=2e-5)
 
 
-def _count(jaxpr, prim):
-    n = 0
-    for eqn in jaxpr.eqns:
-        n += eqn.primitive.name == prim
-        for p in eqn.params.values():
-            for sub in (p if isinstance(p, (list, tuple)) else [p]):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    n += _count(inner, prim)
-    return n
-
-
 def _convs(model, x, methods, layer):
     from jaxcam import _explain
 
@@ -113,7 +102,7 @@ def _convs(model, x, methods, layer):
                           eigen_sign="max_abs", aug_smooth=False, noise_samples=0, noise_std=0.0, batch_size=32,
                           sequential_examples=True, options=(), mean=model.arch.mean, std=model.arch.std)
     prog = _explain._program(model.graphdef, cfg)
-    return _count(jax.make_jaxpr(prog)(model.params, x, None, jax.random.key(0)).jaxpr, "conv_general_dilated")
+    return count(jax.make_jaxpr(prog)(model.params, x, None, jax.random.key(0)).jaxpr, "conv_general_dilated")
 
 
 def test_all_gradient_methods_share_one_forward_and_one_backward(resnet18, x64):

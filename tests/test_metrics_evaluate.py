@@ -107,3 +107,12 @@ def test_table_roundtrips():
         jaxcam.Table({"a": [1, 2], "b": [1]})
     with pytest.raises(KeyError, match="columns"):
         t["z"]
+
+
+def test_readme_metric_table_is_generated_from_the_registry():
+    import os
+
+    from jaxcam.evaluate import markdown_table
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as f:
+        assert markdown_table() in f.read(), "regenerate README's metric table from jaxcam.evaluate.markdown_table()"

@@ -10,6 +10,7 @@ import jaxcam
 from jaxcam import metrics as M
 from jaxcam.metrics import deletion as D
 
+from .jaxprs import count
 from .toy import linear_model, toy_input, toy_model
 
 
@@ -78,18 +79,6 @@ def test_substrates_black_mean_and_arrays():
         D.substrate(np.zeros((5, 5)), x, (0,) * 3, (1,) * 3)
 
 
-def _count(jaxpr, prim):
-    n = 0
-    for eqn in jaxpr.eqns:
-        n += eqn.primitive.name == prim
-        for p in eqn.params.values():
-            for sub in (p if isinstance(p, (list, tuple)) else [p]):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    n += _count(inner, prim)
-    return n
-
-
 def test_every_step_from_one_argsort_in_one_program_without_retracing():
     """The whole batch's curves are one traced program: one sort (the ranks), the model traced twice (the clean
     batch and the body of the chunked map over every (image, step) job), and no retrace for new maps or images."""
@@ -99,9 +88,9 @@ def test_every_step_from_one_argsort_in_one_program_without_retracing():
     args = (model.forward_fn.func, jaxcam.targets.probability, counts, True, 5)  # 3 x 15 jobs, chunks of 5
     jaxpr = jax.make_jaxpr(D._curves, static_argnums=(0, 1, 2, 3, 4))(*args, model.params, x, cams, None,
                                                                        jnp.zeros_like(x), jnp.zeros_like(x))
-    assert _count(jaxpr.jaxpr, "sort") == 1
-    assert _count(jaxpr.jaxpr, "conv_general_dilated") == 2
-    assert _count(jaxpr.jaxpr, "scan") == 1  # lax.map over the jobs
+    assert count(jaxpr.jaxpr, "sort") == 1
+    assert count(jaxpr.jaxpr, "conv_general_dilated") == 2
+    assert count(jaxpr.jaxpr, "scan") == 1  # lax.map over the jobs
     before = D.CALLS["deletion_insertion"]
     M.deletion_insertion(model, x, cams, steps=8, insertion_substrate="zeros", batch_size=4)
     M.deletion_insertion(model, x * 0.5, cams[::-1], [0, 1, 2], steps=8, insertion_substrate="zeros", batch_size=4)

@@ -102,3 +102,20 @@ def test_live_road_combined_matches_pytorch_grad_cam():
         want = ROADCombined()(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), cams,
                               [ClassifierOutputSoftmaxTarget(int(c)) for c in cls], tm)
     np.testing.assert_allclose(ours, want, atol=1e-5)
+
+
+def test_road_noise_is_drawn_in_pixel_units_by_default():
+    """Imputation commutes with the per-channel normalisation, so the two spaces differ only in the noise's units:
+    noise s in pixel space is noise s / std per channel of the normalised input."""
+    model, x = toy_model(), toy_input()
+    cams = jaxcam.explain(model, x, "gradcam", layer="relu", preprocessed=True)
+    img, keep = x[0], cams[0] < 0.5
+    per_channel = impute(img, keep, noise=(0.01, 0.02, 0.04), key=jax.random.key(0))
+    unit = impute(img, keep, noise=1.0, key=jax.random.key(0))
+    clean = impute(img, keep)
+    np.testing.assert_allclose(per_channel - clean, np.asarray(unit - clean) * np.array([0.01, 0.02, 0.04]), atol=1e-5)
+    a = road(model, x, cams, noise=0.05, percentiles=(50,), key=1)  # toy std is 1: both spaces agree
+    b = road(model, x, cams, noise=0.05, percentiles=(50,), key=1, space="normalised")
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="noise space"):
+        road(model, x, cams, space="lab")

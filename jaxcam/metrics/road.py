@@ -5,7 +5,11 @@ neighbours, 1/12 for diagonal ones, the weights renormalised where neighbours fa
 fixed. The reference solves that sparse system per image with ``scipy.sparse.linalg.spsolve`` on the CPU; here it
 is solved matrix-free by conjugate gradients (the system is symmetric positive semi-definite), vmapped over images
 and percentiles inside one program. Noise ``noise * N(0, 1)`` is added to the imputed pixels from an explicit key
-(the reference's noise is unseeded; compare with ``noise=0``).
+(the reference's noise is unseeded; compare with ``noise=0``). The official ROAD code imputes the un-normalised
+[0, 1] image, pytorch-grad-cam the normalised tensor; the imputation itself is the same either way (each removed
+pixel is a weighted mean, which commutes with the per-channel affine normalisation), so the two differ only in the
+units of the noise: ``space="pixel"`` (default, the official code) draws it in pixel units, i.e. ``noise / std`` per
+channel of the normalised input; ``space="normalised"`` is pytorch-grad-cam's.
 
 ``RemoveMostRelevantFirst(p)`` keeps the pixels whose map value is below the p-th percentile and imputes the rest
 (so MoRF at p removes the top ``100 - p`` %); least-relevant-first applies the same to ``1 - map``. Each score is
@@ -31,7 +35,7 @@ def _neighbour_sum(v):
     return sum(wt * pad[1 + di:1 + di + h, 1 + dj:1 + dj + w] for (di, dj), wt in _OFFSETS)
 
 
-def impute(img, keep, noise: float = 0.0, key=None, maxiter: int = 2000, tol: float = 1e-7):
+def impute(img, keep, noise: float | tuple = 0.0, key=None, maxiter: int = 2000, tol: float = 1e-7):
     """Noisy linear imputation of the pixels where ``keep`` (H, W) is False, for one (H, W, C) image."""
     u = (~keep).astype(img.dtype)[..., None]
     valid = _neighbour_sum(jnp.ones_like(img[..., :1]))
@@ -45,8 +49,11 @@ def impute(img, keep, noise: float = 0.0, key=None, maxiter: int = 2000, tol: fl
     known = jnp.maximum(jnp.sum(1 - u), 1.0)
     x0 = u * jnp.sum(img * (1 - u), axis=(0, 1), keepdims=True) / known
     x, _ = jax.scipy.sparse.linalg.cg(operator, b, x0=x0, tol=tol, maxiter=maxiter)
-    if noise:
-        x = x + noise * jax.random.normal(key, img.shape, img.dtype)
+    scale = jnp.asarray(noise, img.dtype)
+    if scale.ndim:  # one noise level per channel
+        scale = scale.reshape(1, 1, -1)
+    if np.any(np.asarray(noise)):
+        x = x + scale * jax.random.normal(key, img.shape, img.dtype)
     return jnp.where(u > 0, x, img)
 
 
@@ -96,14 +103,15 @@ def road_combined(forward, score, x, cams, cls, percentiles=PERCENTILES, noise: 
 
 
 def road(model, x, cams, targets=None, *, which: str = "combined", percentiles=PERCENTILES, noise: float = 0.01,
-         key=0, target="probability", batch_size: int | None = None):
+         key=0, target="probability", batch_size: int | None = None, space: str = "pixel"):
     """ROAD scores (N,) of maps ``cams`` (N, H, W) in [0, 1] for a preprocessed batch ``x`` under ``model``.
 
     ``which``: "combined", "morf" or "lerf" (the averaged variants; one percentile gives pytorch-grad-cam's
     single-threshold classes). ``target``: the score the change is measured in (default: the softmax
     probability, as pytorch-grad-cam's examples use). ``targets``: None (predicted classes) or class indices.
     ``batch_size``: imputed images per forward (default 8 on CPU, 64 on accelerators).
-    Matches pytorch-grad-cam 1.5.7 with ``noise=0``.
+    ``space``: the units of ``noise`` ("pixel": the official ROAD code; "normalised": pytorch-grad-cam's).
+    Matches pytorch-grad-cam 1.5.7 with ``noise=0`` (or with its noise, ``space="normalised"``).
     """
     from .. import targets as targets_mod
     from .inputs import default_batch_size, model_inputs
@@ -112,10 +120,13 @@ def road(model, x, cams, targets=None, *, which: str = "combined", percentiles=P
         raise ValueError(f"unknown ROAD variant {which!r}; valid: 'combined', 'morf', 'lerf'")
     if not percentiles or not all(0 < p < 100 for p in percentiles):
         raise ValueError(f"percentiles must be a non-empty sequence of values in (0, 100), got {percentiles!r}")
+    if space not in ("pixel", "normalised"):
+        raise ValueError(f"unknown noise space {space!r}; valid: 'pixel', 'normalised'")
     x, cams, classes = model_inputs(model, x, cams, targets)
+    noise = tuple(float(noise) / s for s in model.arch.std) if space == "pixel" else float(noise)
     key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
     return _road_program(model.forward_fn.func, targets_mod.resolve(target), which, tuple(percentiles),
-                         float(noise), default_batch_size(batch_size))(model.params, x, cams, classes, key)
+                         noise, default_batch_size(batch_size))(model.params, x, cams, classes, key)
 
 
 _PROGRAMS: dict = {}
