@@ -3,7 +3,7 @@
 Distribution name ``jax-cam``; import name ``jaxcam``. The public API is listed in ``__all__``.
 """
 
-from . import metrics, targets
+from . import datasets, metrics, noise, robustness, targets
 from ._explain import explain, explainer
 from .data import imagenet_classes, preprocess, sample_images, to_rgb
 from .errors import (CheckpointError, ChecksumMismatchError, ClassIndexError, ImageDtypeError, ImageError,
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ARCHITECTURES", "METHODS", "METRICS", "MethodSpec", "Table", "evaluate", "explain", "explainer", "metrics",
-    "targets", "MapError", "MaskError", "CheckpointError", "ChecksumMismatchError", "ClassIndexError", "ImageDtypeError", "ImageError",
+    "targets", "MapError", "MaskError", "datasets", "noise", "robustness", "CheckpointError", "ChecksumMismatchError", "ClassIndexError", "ImageDtypeError", "ImageError",
     "ImageFileError", "ImageShapeError", "JaxcamError", "MissingCheckpointFilesError", "MissingDependencyError",
     "Model", "NonFiniteImageError", "Predictions", "StateDictError", "UnknownArchitectureError", "UnknownLayerError",
     "UnknownNameError", "__version__", "convert_state_dict", "imagenet_classes", "load_model", "preprocess",

@@ -20,6 +20,9 @@ from .deletion import Curves, deletion_insertion, rise_blur
 from .ensemble import cumulative_residual_effect, subset_scores
 from .inputs import boxes_to_masks
 from .localisation import energy_pointing_game, iou, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
+from .robustness import (ROBUSTNESS_SIMILARITIES, quickshift_regions, rbo, rbo_regions, region_scores,
+                         robustness_similarity, summary_table)
+from .robustness import summarise as robustness_summary
 from .road import PERCENTILES, impute, road, road_combined, road_scores
 from .sanity import cascading_randomisation, independent_randomisation, randomise, stage_parameters
 from .similarity import (SIMILARITIES, hog, hog_pearson, hog_spearman, normalised_l1, pearson, spearman, spearman_abs,
@@ -37,5 +40,6 @@ __all__ = [
     "sensitivity", "sparseness", "subset_scores", "bootstrap_ci", "bootstrap_table", "friedman", "kruskal", "nemenyi",
     "wilcoxon", "wilcoxon_holm", "SIMILARITIES", "cascading_randomisation", "compare_maps", "hog", "hog_pearson",
     "hog_spearman", "independent_randomisation", "normalised_l1", "pearson", "randomise", "spearman", "spearman_abs",
-    "ssim", "stage_parameters", "topk_iou",
+    "ssim", "stage_parameters", "topk_iou", "ROBUSTNESS_SIMILARITIES", "quickshift_regions", "rbo", "rbo_regions",
+    "region_scores", "robustness_similarity", "robustness_summary", "summary_table",
 ]
