@@ -7,8 +7,8 @@ from . import datasets, metrics, noise, robustness, targets
 from ._explain import explain, explainer
 from .data import imagenet_classes, preprocess, sample_images, to_rgb
 from .errors import (CheckpointError, ChecksumMismatchError, ClassIndexError, ImageDtypeError, ImageError,
-                     ImageFileError, ImageShapeError, JaxcamError, MapError, MaskError,
-                     MissingCheckpointFilesError, MissingDependencyError, NonFiniteImageError, StateDictError, UnknownArchitectureError,
+                     ImageFileError, ImageShapeError, JaxcamError, MapError, MaskError, MissingCheckpointFilesError,
+                     MissingDependencyError, NonFiniteImageError, StateDictError, UnknownArchitectureError,
                      UnknownLayerError, UnknownNameError)
 from .methods import METHODS, MethodSpec
 from .models import ARCHITECTURES, Model, Predictions, convert_state_dict, split
@@ -20,9 +20,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ARCHITECTURES", "METHODS", "METRICS", "MethodSpec", "Table", "evaluate", "explain", "explainer", "metrics",
-    "targets", "MapError", "MaskError", "datasets", "noise", "robustness", "CheckpointError", "ChecksumMismatchError", "ClassIndexError", "ImageDtypeError", "ImageError",
-    "ImageFileError", "ImageShapeError", "JaxcamError", "MissingCheckpointFilesError", "MissingDependencyError",
-    "Model", "NonFiniteImageError", "Predictions", "StateDictError", "UnknownArchitectureError", "UnknownLayerError",
+    "targets", "MapError", "MaskError", "datasets", "noise", "robustness", "CheckpointError",
+    "ChecksumMismatchError", "ClassIndexError", "ImageDtypeError", "ImageError", "ImageFileError",
+    "ImageShapeError", "JaxcamError", "MissingCheckpointFilesError", "MissingDependencyError", "Model",
+    "NonFiniteImageError", "Predictions", "StateDictError", "UnknownArchitectureError", "UnknownLayerError",
     "UnknownNameError", "__version__", "convert_state_dict", "imagenet_classes", "load_model", "preprocess",
     "sample_images", "split", "to_rgb",
 ]

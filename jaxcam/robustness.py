@@ -32,7 +32,7 @@ import numpy as np
 
 from . import noise as noise_mod
 from ._explain import _configure, _program
-from .errors import JaxcamError
+from .errors import JaxcamError, UnknownNameError
 from .metrics import robustness as rm
 from .models.model import StageRange
 from .table import Table
@@ -52,6 +52,7 @@ class RunConfig:
     """Everything that determines a run's rows (stored in ``run.json``; a resume must match it)."""
 
     model: str
+    weights: str
     dataset: str
     methods: tuple[str, ...]
     noises: tuple[str, ...]
@@ -190,7 +191,8 @@ def _check_config(out_dir: str, cfg: RunConfig, resume: bool) -> None:
 def run(model, source, out_dir: str, *, methods: Sequence[str] = PAPER_METHODS,
         noises: Sequence[str] = ("gaussian", "shot", "impulse", "speckle"), severities: Sequence[int] = (1, 2, 3, 4, 5),
         draws: int = 2, key: int = 0, similarity: str = "rbo", explain_class: str = "new_prediction",
-        image_batch: int = 8, chunk: int = 64, size: int = 224, rbo_p: float = 0.9, layer=None, dataset: str | None = None,
+        image_batch: int = 8, chunk: int = 64, size: int = 224, rbo_p: float = 0.9, layer=None,
+        dataset: str | None = None,
         resume: bool = False, progress: bool = True, max_chunks: int | None = None,
         process: tuple[int, int] | None = None) -> Table:
     """Run the robustness grid of ``methods`` x ``noises`` x ``severities`` x ``draws`` over the images of ``source``
@@ -221,11 +223,11 @@ def run(model, source, out_dir: str, *, methods: Sequence[str] = PAPER_METHODS,
     if explain_class not in ("new_prediction", "original_prediction"):
         raise ValueError(f"explain_class must be 'new_prediction' or 'original_prediction', got {explain_class!r}")
     if similarity not in rm.ROBUSTNESS_SIMILARITIES:
-        from .errors import UnknownNameError
         raise UnknownNameError(similarity, rm.ROBUSTNESS_SIMILARITIES, "robustness similarity")
-    cfg = RunConfig(model.name, dataset or src.name, methods, tuple(noises), tuple(int(s) for s in severities),
-                    int(draws), int(key), similarity, explain_class, int(image_batch), int(chunk), int(size),
-                    float(rbo_p), None if layer is None else str(layer), int(shard[1]))
+    cfg = RunConfig(model.name, str(model.source), dataset or src.name, methods, tuple(noises),
+                    tuple(int(s) for s in severities), int(draws), int(key), similarity, explain_class,
+                    int(image_batch), int(chunk), int(size), float(rbo_p), None if layer is None else str(layer),
+                    int(shard[1]))
     grid = cfg.grid()
     jobs = grid.jobs()  # (noise_index, level, draw) arrays, in the grid's documented order
     _check_config(out_dir, cfg, resume)

@@ -80,17 +80,18 @@ def road_scores(forward, score, x, cams, cls, percentiles=PERCENTILES, most_rele
     b = min(batch_size, total)
     chunks = -(-total // b)
 
+    # jobs percentile-major: a chunk holds one percentile's images, whose solves take similar iteration counts
     def impute_one(k):
-        i, p = k // n_p, k % n_p
+        p, i = k // n, k % n
         return impute(x[i], _keep_mask(cams[i], pct[p], most_relevant_first), noise, keys[i, p])
 
     def chunk(ks):
         imgs = jax.lax.map(impute_one, ks) if sequential else jax.vmap(impute_one)(ks)
-        return jax.vmap(score)(forward(imgs), cls[ks // n_p])
+        return jax.vmap(score)(forward(imgs), cls[ks % n])
 
     idx = (jnp.arange(chunks * b) % total).reshape(chunks, b)  # the last chunk wraps round: no ragged shapes
     after = jax.lax.map(chunk, idx).reshape(-1)[:total]
-    return after.reshape(n, n_p).mean(axis=1) - base
+    return after.reshape(n_p, n).mean(axis=0) - base
 
 
 def road_combined(forward, score, x, cams, cls, percentiles=PERCENTILES, noise: float = 0.0, key=None,
