@@ -192,7 +192,7 @@ def run(model, source, out_dir: str, *, methods: Sequence[str] = PAPER_METHODS,
         noises: Sequence[str] = ("gaussian", "shot", "impulse", "speckle"), severities: Sequence[int] = (1, 2, 3, 4, 5),
         draws: int = 2, key: int = 0, similarity: str = "rbo", explain_class: str = "new_prediction",
         image_batch: int = 8, chunk: int = 64, size: int = 224, rbo_p: float = 0.9, layer=None,
-        dataset: str | None = None,
+        dataset: str | None = None, model_name: str | None = None,
         resume: bool = False, progress: bool = True, max_chunks: int | None = None,
         process: tuple[int, int] | None = None) -> Table:
     """Run the robustness grid of ``methods`` x ``noises`` x ``severities`` x ``draws`` over the images of ``source``
@@ -206,6 +206,7 @@ def run(model, source, out_dir: str, *, methods: Sequence[str] = PAPER_METHODS,
         chunk (bounds memory; padded to a multiple of the local device count).
       resume: continue a run already started in ``out_dir`` (its ``run.json`` must match); without it an existing
         non-empty run is an error, so nothing is overwritten by accident.
+      dataset, model_name: the names written in the rows (default: the source's and the architecture's).
       max_chunks: stop after computing this many chunks (tests; a partial run resumes like a killed one).
       process: ``(index, count)`` of this process's share (default ``jax.process_index(), jax.process_count()``):
         process i takes every count-th image of the source and writes its own part files into the shared
@@ -224,7 +225,7 @@ def run(model, source, out_dir: str, *, methods: Sequence[str] = PAPER_METHODS,
         raise ValueError(f"explain_class must be 'new_prediction' or 'original_prediction', got {explain_class!r}")
     if similarity not in rm.ROBUSTNESS_SIMILARITIES:
         raise UnknownNameError(similarity, rm.ROBUSTNESS_SIMILARITIES, "robustness similarity")
-    cfg = RunConfig(model.name, str(model.source), dataset or src.name, methods, tuple(noises),
+    cfg = RunConfig(model_name or model.name, str(model.source), dataset or src.name, methods, tuple(noises),
                     tuple(int(s) for s in severities), int(draws), int(key), similarity, explain_class,
                     int(image_batch), int(chunk), int(size), float(rbo_p), None if layer is None else str(layer),
                     int(shard[1]))
@@ -268,6 +269,18 @@ def run(model, source, out_dir: str, *, methods: Sequence[str] = PAPER_METHODS,
     bar.close()
     return read(out_dir)
 
+
+
+def run_many(models: dict, sources: dict, out_dir: str, **kwargs) -> Table:
+    """Models x datasets: :func:`run` for every pair, into ``out_dir/<model>/<dataset>`` (each resumable on its
+    own), returning all rows together. ``models``: {name: Model}; ``sources``: {name: source or spec string}; the
+    other arguments are :func:`run`'s."""
+    tables = []
+    for m_name, model in models.items():
+        for d_name, source in sources.items():
+            tables.append(run(model, source, os.path.join(out_dir, m_name, d_name), dataset=d_name, model_name=m_name,
+                              **kwargs))
+    return Table.concat(tables) if tables else Table({c: [] for c in COLUMNS})
 
 def _run_chunk(program, model, cfg, batch, pixels, labels, counts, clean_maps, pred, conf, hashes, img, noise, lev,
                drw) -> dict:

@@ -121,3 +121,12 @@ def test_eight_cpu_devices_give_the_single_device_rows(tmp_path, full):
     assert len(rows) == len(full)
     np.testing.assert_array_equal(rows["pred_after"], full["pred_after"])
     np.testing.assert_allclose(rows["value"].astype(float), full["value"].astype(float), atol=1e-4)
+
+
+def test_run_many_covers_models_by_datasets(tmp_path):
+    imgs = _images()[:2]
+    rows = R.run_many({"a": toy_model(seed=0), "b": toy_model(seed=1)}, {"two": imgs, "one": imgs[:1]},
+                      str(tmp_path), **{**SMALL, "noises": ("gaussian",), "severities": (1,), "draws": 1})
+    assert len(rows) == (2 + 1) * 2 * 2  # (images of both datasets) x models x methods
+    assert set(rows["dataset"]) == {"two", "one"} and set(rows["model"]) == {"a", "b"}
+    assert os.path.isdir(tmp_path / "b" / "one" / "parts")
