@@ -6,8 +6,8 @@ ResNet-50 with jaxcam's deterministic random weights on both sides, maps from la
 for its own (new) prediction, RBO (p = 0.9) of the Quickshift region rankings against the clean maps'.
 
 - jaxcam: ``jaxcam.robustness.run`` over the whole grid into a fresh temporary directory (progress off). It is run
-  twice, each time into a new directory: the first run includes compilation, the second is the steady state; the
-  speed-up uses the second. Both include everything ``run`` does: Quickshift, the clean pass, the chunk programs,
+  1 + ``--repeats`` times, each time into a new directory: the first run includes compilation, the others are the
+  steady state; the speed-up uses their median. Both include everything ``run`` does: Quickshift, the clean pass, the chunk programs,
   the Parquet parts and reading them back (a per-stage breakdown is recorded).
 - baseline: per job what a careful user writes: NumPy noise with the same ImageNet-C constants
   (``np.random.default_rng`` seeded per job), a torch forward for the new prediction, each pytorch-grad-cam method
@@ -158,6 +158,21 @@ class Baseline:
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
+def machine_busy_s() -> float:
+    """CPU-seconds the whole machine has spent busy (all processes; /proc/stat, Linux), or NaN."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+    except (OSError, ValueError):
+        return float("nan")
+
+
+def own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def grid_jobs(n_images, noises, severities, draws):
     """(image, noise, level, draw) in jaxcam.robustness's order within an image."""
     return [(i, q, s, d) for i in range(n_images) for q in noises for s in severities for d in range(draws)]
@@ -228,14 +243,19 @@ def timed_run(model, pixels, out_dir, grid_kw) -> tuple[float, dict, object]:
     stages = {"quickshift": 0.0, "clean_pass": 0.0, "chunks": 0.0, "write_parts": 0.0, "read": 0.0}
     calls = {"chunks": 0}
 
+    per_noise = {n: 0.0 for n in grid_kw["noises"]}
+
     def wrap(name, fn):
         def inner(*a, **k):
             t0 = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
-                stages[name] += time.perf_counter() - t0
+                dt = time.perf_counter() - t0
+                stages[name] += dt
                 calls[name] = calls.get(name, 0) + 1
+                if name == "chunks":  # _run_chunk(..., img, noise, lev, drw): the noise index is the 13th argument
+                    per_noise[grid_kw["noises"][a[12]]] += dt
         return inner
 
     with ExitStack() as stack:
@@ -247,7 +267,7 @@ def timed_run(model, pixels, out_dir, grid_kw) -> tuple[float, dict, object]:
         rows = jrob.run(model, pixels, out_dir, progress=False, layer="layer4", key=KEY, **grid_kw)
         total = time.perf_counter() - t0
     stages["other"] = total - sum(stages.values())
-    return total, {"seconds": stages, "calls": calls}, rows
+    return total, {"seconds": stages, "calls": calls, "chunk_seconds_per_noise": per_noise}, rows
 
 
 def end_to_end(model, pixels, labels, counts, rows, methods, jobs) -> dict:
@@ -285,6 +305,7 @@ def main() -> None:
                     help="jobs of the grid timed with the baseline, every method on each (default 4; 1 with --quick)")
     ap.add_argument("--agree-jobs", type=int, default=None, help="jobs checked for agreement (default 2; 1 quick)")
     ap.add_argument("--chunk", type=int, default=64, help="jaxcam.robustness.run's jobs per compiled chunk")
+    ap.add_argument("--repeats", type=int, default=2, help="jaxcam steady-state runs after the first (median)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the choice of the sampled jobs")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 2 images, 2 noises, 2 severities, 1 draw")
@@ -301,7 +322,7 @@ def main() -> None:
     for n in noises:  # the baseline's copied constants are jaxcam's
         assert tuple(map(float, IMAGENET_C[n])) == jnoise.NOISES[n].severities, n
 
-    load_start = os.getloadavg()[0]
+    busy0, own0 = machine_busy_s(), own_cpu_s()
     model, tm, _, _ = same_model_and_photos(args.model, batch, args.size, args.threads)
     photos = list(jaxcam.sample_images().values())
     pixels = jaxcam.preprocess([photos[i % len(photos)] for i in range(batch)], size=args.size, mean=(0, 0, 0),
@@ -327,15 +348,16 @@ def main() -> None:
     # 1. agreement before timing
     agree = agreement(model, base, pixels, labels, counts, methods, agree_jobs)
 
-    # 2. jaxcam: the whole grid, twice, each into a fresh directory
+    # 2. jaxcam: the whole grid, 1 + repeats times, each into a fresh directory
     runs = []
-    for r in range(2):
+    for r in range(1 + max(1, args.repeats)):
         with tempfile.TemporaryDirectory() as d:
             total, breakdown, rows = timed_run(model, pixels, d, grid_kw)
         runs.append({"total_s": total, **breakdown})
         st = breakdown["seconds"]
         print(f"jaxcam run {r + 1} ({'compile + run' if r == 0 else 'steady state'}): {total:.2f} s  [" +
-              ", ".join(f"{k} {v:.2f}" for k, v in st.items()) + "]", flush=True)
+              ", ".join(f"{k} {v:.2f}" for k, v in st.items()) + "]; chunks per noise [" +
+              ", ".join(f"{k} {v:.2f}" for k, v in breakdown["chunk_seconds_per_noise"].items()) + "]", flush=True)
     n_rows = len(rows["value"])
     assert n_rows == n_jobs * len(methods), (n_rows, n_jobs, len(methods))
     e2e = end_to_end(model, pixels, labels, counts, rows, methods, agree_jobs)
@@ -379,12 +401,13 @@ def main() -> None:
     base_total_median = base_total + sum(v["extrapolated_from_medians_s"] - v["extrapolated_s"]
                                          for v in per_method.values())
 
-    ours = runs[1]["total_s"]
+    ours = statistics.median(r["total_s"] for r in runs[1:])
     speedup = base_total / ours
     print()
     print(f"{'':34s} {'total':>12s} {'per noisy image':>16s}")
     print(f"{'jaxcam run 1 (incl. compile)':34s} {runs[0]['total_s']:10.1f} s {runs[0]['total_s'] / n_jobs * 1e3:13.1f} ms")
-    print(f"{'jaxcam run 2 (steady state)':34s} {ours:10.1f} s {ours / n_jobs * 1e3:13.1f} ms")
+    print(f"{'jaxcam steady state (median of ' + str(len(runs) - 1) + ')':34s} {ours:10.1f} s "
+          f"{ours / n_jobs * 1e3:13.1f} ms")
     print(f"{'baseline, EXTRAPOLATED':34s} {base_total:10.1f} s {base_total / n_jobs * 1e3:13.1f} ms")
     print(f"  (from {len(sample)} sampled job(s) + {len(clean_t)} clean pass(es), {sample_measured:.1f} s measured; "
           f"Quickshift {quickshift_s:.1f} s measured in full)")
@@ -395,9 +418,9 @@ def main() -> None:
         print(f"  {k:14s} {v['mean_s']:8.3f} s/job  -> {v['extrapolated_s']:9.1f} s")
     print(f"  (per-method medians instead of means: {base_total_median:.1f} s, speed-up "
           f"{base_total_median / ours:.1f}x)")
-    print(f"{'speed-up (baseline extrap. / run 2)':34s} {speedup:10.1f}x")
-    print(f"load average (1 min) at start {load_start:.2f}, end {os.getloadavg()[0]:.2f} (on {os.cpu_count()} "
-          "cores: above ~0.5 before the run means something else was running)")
+    print(f"{'speed-up (baseline extrap. / steady)':34s} {speedup:10.1f}x")
+    other = (machine_busy_s() - busy0) - (own_cpu_s() - own0)
+    print(f"other processes used {other:.0f} CPU-s during this benchmark (~0 on an otherwise idle machine)")
 
     res = {"env": environment(), "model": args.model, "layer": "layer4", "size": args.size, "dtype": "float32",
            "config": {"batch": batch, "methods": list(methods), "noises": list(noises),
@@ -407,9 +430,8 @@ def main() -> None:
            "quickshift": {"seconds": quickshift_s, "note": "inside both timings: jaxcam.robustness.run computes its "
                           "own; the baseline's is measured once per image, in full"},
            "agreement": agree, "run_vs_independent_path": e2e,
-           "jaxcam": {"run1_incl_compile": runs[0], "run2_steady": runs[1],
-                      "compile_estimate_s": runs[0]["total_s"] - runs[1]["total_s"],
-                      "per_noisy_image_s": ours / n_jobs},
+           "jaxcam": {"run1_incl_compile": runs[0], "steady_runs": runs[1:], "steady_median_s": ours,
+                      "compile_estimate_s": runs[0]["total_s"] - ours, "per_noisy_image_s": ours / n_jobs},
            "baseline": {"note": "measured on a random sample of jobs (every method on each) and the clean passes of "
                                 "their images, extrapolated linearly: mean per job x jobs + mean per clean pass x "
                                 "images, + Quickshift measured in full",
@@ -419,8 +441,8 @@ def main() -> None:
                         "sample_rbo": sample_out, "extrapolated_total_s": base_total,
                         "extrapolated_total_from_medians_s": base_total_median,
                         "per_noisy_image_s": base_total / n_jobs},
-           "speedup": speedup, "speedup_note": "baseline extrapolated total / jaxcam steady-state run",
-           "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]}}
+           "speedup": speedup, "speedup_note": "baseline extrapolated total / jaxcam steady-state median",
+           "other_processes_cpu_s": other}
     out = args.out or os.path.join(os.path.dirname(__file__), "results",
                                    f"robustness-{args.model}-b{batch}-{jax.devices()[0].platform}"
                                    f"{'-quick' if q else ''}.json")
