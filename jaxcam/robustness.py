@@ -270,7 +270,6 @@ def run(model, source, out_dir: str, *, methods: Sequence[str] = PAPER_METHODS,
     return read(out_dir)
 
 
-
 def run_many(models: dict, sources: dict, out_dir: str, **kwargs) -> Table:
     """Models x datasets: :func:`run` for every pair, into ``out_dir/<model>/<dataset>`` (each resumable on its
     own), returning all rows together. ``models``: {name: Model}; ``sources``: {name: source or spec string}; the
@@ -282,41 +281,35 @@ def run_many(models: dict, sources: dict, out_dir: str, **kwargs) -> Table:
                               **kwargs))
     return Table.concat(tables) if tables else Table({c: [] for c in COLUMNS})
 
+
 def _run_chunk(program, model, cfg, batch, pixels, labels, counts, clean_maps, pred, conf, hashes, img, noise, lev,
                drw) -> dict:
     n = len(img)
     sharding, padded = _mesh_shardings(n)
-    idx = np.concatenate([img, np.repeat(img[:1], padded - n)]) if padded > n else img
 
-    def pad(a):
+    def pad(a):  # repeat the first job so the job axis divides over the devices; the extra rows are dropped
         a = np.asarray(a)
         return np.concatenate([a, np.repeat(a[:1], padded - n, 0)]) if padded > n else a
 
+    idx = pad(img)
     args = [pixels[idx], labels[idx], counts[idx], clean_maps[idx], pred[idx].astype(np.int32), hashes[idx],
             pad(lev).astype(np.int32), pad(drw).astype(np.int32)]
     if sharding is not None:
         args = [jax.device_put(a, sharding) for a in args]
     out = program(model.params, *args, np.int32(noise), jax.random.key(cfg.key))
     out = {k: np.asarray(v)[:n] for k, v in out.items()}
-    rows: dict[str, list] = {c: [] for c in COLUMNS}
-    ids = np.asarray(batch["id"]).astype(str)
-    for j, method in enumerate(cfg.methods):
-        rows["model"] += [cfg.model] * n
-        rows["dataset"] += [cfg.dataset] * n
-        rows["image"] += list(ids[img])
-        rows["method"] += [method] * n
-        rows["noise"] += [cfg.noises[noise]] * n
-        rows["severity"] += list(lev.astype(int))
-        rows["draw"] += list(drw.astype(int))
-        rows["pred_before"] += list(pred[img].astype(int))
-        rows["conf_before"] += list(conf[img].astype(float))
-        rows["pred_after"] += list(out["pred_after"].astype(int))
-        rows["conf_after"] += list(out["conf_after"].astype(float))
-        rows["conf_after_original"] += list(out["conf_after_original"].astype(float))
-        rows["changed"] += list(out["pred_after"] != pred[img])
-        rows["similarity"] += [cfg.similarity] * n
-        rows["value"] += list(out[method].astype(float))
-    return rows
+    per_job = {"model": [cfg.model] * n, "dataset": [cfg.dataset] * n,
+               "image": np.asarray(batch["id"]).astype(str)[img], "noise": [cfg.noises[noise]] * n,
+               "severity": lev.astype(int), "draw": drw.astype(int), "pred_before": pred[img].astype(int),
+               "conf_before": conf[img].astype(float), "pred_after": out["pred_after"].astype(int),
+               "conf_after": out["conf_after"].astype(float),
+               "conf_after_original": out["conf_after_original"].astype(float),
+               "changed": out["pred_after"] != pred[img], "similarity": [cfg.similarity] * n}
+    m = len(cfg.methods)  # rows method-major: every job once per method
+    rows = {c: list(np.tile(np.asarray(v), m)) for c, v in per_job.items()}
+    rows["method"] = list(np.repeat(cfg.methods, n))
+    rows["value"] = list(np.concatenate([out[method].astype(float) for method in cfg.methods]))
+    return {c: rows[c] for c in COLUMNS}
 
 
 def _progress(enabled: bool, src, image_batch: int, shard):

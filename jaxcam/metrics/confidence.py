@@ -33,7 +33,8 @@ import numpy as np
 
 from .. import targets as targets_mod
 from ..errors import UnknownNameError
-from .inputs import default_batch_size, model_inputs
+from .inputs import default_batch_size, descending_ranks, model_inputs
+from .similarity import _pearson_vectors
 
 SPACES = ("pixel", "normalised")
 
@@ -84,8 +85,7 @@ def cam_mult_confidence_change(model, x, cams, targets=None, *, target="probabil
 
 def _top_mask(cam, fraction):
     k = max(1, int(round(fraction * cam.size)))
-    order = jnp.argsort(-cam.ravel(), stable=True)
-    return jnp.zeros(cam.size, bool).at[order[:k]].set(True).reshape(cam.shape)
+    return (descending_ranks(cam) < k).reshape(cam.shape)
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2))
@@ -119,12 +119,6 @@ def relative_confidence_drop(model, x, cams, targets=None, *, fraction: float = 
     return _finer_drop(model.forward_fn.func, float(fraction), bool(contrast), model.params, x, cams, classes, eps)
 
 
-def _pearson(a, b):
-    a, b = a - a.mean(), b - b.mean()
-    den = jnp.sqrt(jnp.sum(a * a) * jnp.sum(b * b))
-    return jnp.where(den > 0, jnp.sum(a * b) / jnp.where(den > 0, den, 1.0), 0.0)
-
-
 @partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _faithfulness_correlation(stage_range, score, runs, subset_size, batch_size, params, x, cams, classes, key):
     forward = jax.tree_util.Partial(stage_range, params)
@@ -144,7 +138,7 @@ def _faithfulness_correlation(stage_range, score, runs, subset_size, batch_size,
 
     drop, mass = jax.lax.map(one, jnp.arange(n * runs), batch_size=batch_size)
     drop = base[:, None] - drop.reshape(n, runs)
-    return jax.vmap(_pearson)(mass.reshape(n, runs), drop)
+    return jax.vmap(lambda a, b: _pearson_vectors(a, b, 0.0))(mass.reshape(n, runs), drop)
 
 
 def faithfulness_correlation(model, x, cams, targets=None, *, runs: int = 100, subset_size: int = 224,

@@ -29,7 +29,7 @@ from scipy.ndimage import gaussian_filter
 
 from .. import targets as targets_mod
 from ..errors import UnknownNameError
-from .inputs import default_batch_size, model_inputs
+from .inputs import default_batch_size, descending_ranks, model_inputs
 
 SUBSTRATES = ("zeros", "black", "blur", "mean")
 CALLS = {"deletion_insertion": 0}  # programs traced (a test counts them)
@@ -118,12 +118,6 @@ def auc(curve: jax.Array, fractions: jax.Array) -> jax.Array:
     return jnp.sum((curve[..., 1:] + curve[..., :-1]) * widths / 2, axis=-1)
 
 
-def ranks(cam: jax.Array) -> jax.Array:
-    """Each pixel's rank (0 = highest value) in a stable descending order, flattened (H*W,)."""
-    order = jnp.argsort(-cam.ravel(), stable=True)
-    return jnp.zeros(order.shape, jnp.int32).at[order].set(jnp.arange(order.size, dtype=jnp.int32))
-
-
 @partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _curves(stage_range, score, counts, shared, batch_size, params, x, cams, classes, d_sub, i_sub):
     CALLS["deletion_insertion"] += 1
@@ -132,7 +126,7 @@ def _curves(stage_range, score, counts, shared, batch_size, params, x, cams, cla
     logits = forward(x)
     cls = jnp.argmax(logits, -1).astype(jnp.int32) if classes is None else classes
     base = jax.vmap(score)(logits, cls)
-    rk = jax.vmap(ranks)(cams).reshape(n, h, w, 1)
+    rk = jax.vmap(descending_ranks)(cams).reshape(n, h, w, 1)
     s = len(counts)
     # jobs per image: deletion points 1..S-1, insertion points 0..S-2 (its point 0, the all-substrate image, is the
     # last deletion point when both curves share one substrate)

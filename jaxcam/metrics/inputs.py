@@ -80,3 +80,9 @@ def default_batch_size(batch_size: int | None) -> int:
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     return int(batch_size)
+
+
+def descending_ranks(cam: jax.Array) -> jax.Array:
+    """Each pixel's rank (0 = highest value) in a stable descending order, flattened (H*W,)."""
+    order = jnp.argsort(-cam.ravel(), stable=True)
+    return jnp.zeros(order.shape, jnp.int32).at[order].set(jnp.arange(order.size, dtype=jnp.int32))

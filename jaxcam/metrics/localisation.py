@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .inputs import boxes_to_masks, check_maps, check_masks
+from .inputs import boxes_to_masks, check_maps, check_masks, descending_ranks
 
 
 def _inputs(cams, masks=None, boxes=None):
@@ -96,9 +96,7 @@ def relevance_mass_accuracy(cams, masks=None, *, boxes=None) -> jax.Array:
 def _rank_accuracy(cams, masks):
     def one(cam, mask):
         k = mask.sum()
-        order = jnp.argsort(-cam.ravel(), stable=True)
-        rank = jnp.zeros(order.shape, jnp.int32).at[order].set(jnp.arange(order.size, dtype=jnp.int32))
-        hits = jnp.sum((rank < k) & mask.ravel())
+        hits = jnp.sum((descending_ranks(cam) < k) & mask.ravel())
         return hits / k
     return jax.vmap(one)(cams, masks)
 

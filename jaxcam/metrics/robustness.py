@@ -25,7 +25,6 @@ compiled program can evaluate any of them; :func:`robustness_similarity` is the 
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ import numpy as np
 
 from ..errors import ImageDtypeError, ImageError, ImageShapeError, MapError, NonFiniteImageError, UnknownNameError
 from ..table import Table
-from .similarity import normalised_l1, pearson, spearman, ssim, topk_iou
+from .similarity import _batched, normalised_l1, pearson, spearman, ssim, topk_iou
 from .statistics import StatisticsError, _as_key, _column, _indices
 
 __all__ = [
@@ -238,14 +237,6 @@ def resolve(name_or_fn) -> Callable:
     if isinstance(name_or_fn, str) and name_or_fn in ROBUSTNESS_SIMILARITIES:
         return ROBUSTNESS_SIMILARITIES[name_or_fn]
     raise UnknownNameError(name_or_fn, ROBUSTNESS_SIMILARITIES, "robustness similarity")
-
-
-@functools.lru_cache(maxsize=128)
-def _batched(fn: Callable, kwargs: tuple, batch_size: int | None):
-    f = functools.partial(fn, **dict(kwargs)) if kwargs else fn
-    if batch_size is None:
-        return jax.jit(jax.vmap(f))
-    return jax.jit(lambda *args: jax.lax.map(lambda xs: f(*xs), args, batch_size=batch_size))
 
 
 def _hashable(v):

@@ -326,7 +326,7 @@ def _batched(fn: Callable, kwargs: tuple, batch_size: int | None):
     f = functools.partial(fn, **dict(kwargs)) if kwargs else fn
     if batch_size is None:
         return jax.jit(jax.vmap(f))
-    return jax.jit(lambda a, b: jax.lax.map(lambda ab: f(*ab), (a, b), batch_size=batch_size))
+    return jax.jit(lambda *args: jax.lax.map(lambda xs: f(*xs), args, batch_size=batch_size))
 
 
 def _hashable(v):
