@@ -1,0 +1,95 @@
+"""What every subcommand shares: model and image arguments, the output directory, progress and the summary line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..data import SAMPLE_IMAGES
+from ..errors import JaxcamError
+
+
+class OutputDirError(JaxcamError, OSError):
+    """The output directory cannot be created or written to."""
+
+
+class ImageNotFoundError(JaxcamError, FileNotFoundError):
+    """An image path given on the command line does not exist."""
+
+
+def formatter():
+    return argparse.RawDescriptionHelpFormatter
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="efficientnet_lite0",
+                   help="architecture or converted checkpoint name (default: the embedded efficientnet_lite0)")
+    p.add_argument("--weights", help="torchvision state dict (.pth/.pt/.npz), converted once and cached")
+    p.add_argument("--random-weights", action="store_true",
+                   help="deterministic random weights (for testing; no download, no conversion)")
+
+
+def add_images_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help=f"image files (default: scikit-image's {', '.join(SAMPLE_IMAGES)})")
+
+
+def load(args):
+    """The model the arguments name."""
+    from ..models.loader import load_model
+
+    weights = None if args.random_weights else (args.weights or "default")
+    return load_model(args.model, weights=weights)
+
+
+def read_images(paths) -> tuple[list[str], list]:
+    """``(names, images)``: the files given (each checked to exist, so a typo is one clear line before any model is
+    loaded), or scikit-image's sample photographs when none are."""
+    from ..data import sample_images
+
+    if not paths:
+        samples = sample_images()
+        return list(samples), list(samples.values())
+    for path in paths:
+        if not os.path.exists(path):
+            raise ImageNotFoundError(f"image file not found: {path}")
+        if os.path.isdir(path):
+            raise ImageNotFoundError(f"expected an image file, got a directory: {path}")
+    names, seen = [], {}
+    for path in paths:  # unique, readable names for output files
+        stem = os.path.splitext(os.path.basename(path))[0] or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names, list(paths)
+
+
+def out_dir(path: str) -> str:
+    """Create ``path`` if needed and prove it writable before any work starts; files already there are kept."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise OutputDirError(f"cannot create output directory {path}: {exc.strerror or exc}") from None
+    if not os.path.isdir(path):
+        raise OutputDirError(f"output path {path} exists and is not a directory")
+    probe = os.path.join(path, f".jaxcam-write-test-{os.getpid()}")
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise OutputDirError(f"output directory {path} is not writable: {exc.strerror or exc}") from None
+    return path
+
+
+def atomic_write(path: str, data: bytes | str) -> None:
+    """Write through a temporary file and a rename, so an interrupted run never leaves half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def summary(line: str) -> None:
+    """The one-line summary every command ends with."""
+    print(line, file=sys.stdout, flush=True)
