@@ -87,6 +87,7 @@ class Config:
     mean: tuple
     std: tuple
     biases: tuple = ()  # FullGrad's effective biases as (path, bytes), only when it is requested
+    compute_dtype: str = "float32"  # the network's parameters and activations; CAM arithmetic stays float32
 
 
 @functools.lru_cache(maxsize=128)
@@ -105,6 +106,23 @@ def _program(graphdef, cfg: Config):
     grad_scores = tuple(dict.fromkeys(s for spec, s in single if spec.gradients))
     hvp_scores = tuple(dict.fromkeys(s for spec, s in single if spec.hvp))
     opts = dict(cfg.options)
+    low = cfg.compute_dtype != "float32"
+    dt = jnp.dtype(cfg.compute_dtype)
+
+    def lowered(stage_fn):
+        """``stage_fn`` running in the compute dtype: input cast down, output cast back to float32 (identity in
+        float32), so every method's arithmetic on activations, gradients and scores stays float32."""
+        if not low:
+            return stage_fn
+        return lambda p, v: to_f32(stage_fn(p, v.astype(dt)))
+
+    def to_f32(tree):
+        return jax.tree.map(lambda a: a.astype(jnp.float32), tree)
+
+    def compute_params(params):
+        if not low:
+            return params
+        return jax.tree.map(lambda a: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
 
     def option(spec, name, default=None):
         return opts.get((spec.name, name), default)
@@ -117,6 +135,7 @@ def _program(graphdef, cfg: Config):
         return head(params, a), acts
 
     def capture(params, x, classes):
+        x = x.astype(dt) if low else x
         a1 = body(params, x)
         shapes, a = [], jax.eval_shape(lambda v: v, a1)
         for mid in mids:
@@ -142,15 +161,20 @@ def _program(graphdef, cfg: Config):
                 def grad_at(a, i=i, s=s):
                     return jax.grad(lambda a_: jnp.sum(jax.vmap(s)(tails[i](params, a_), cls)))(a)
                 hvps[s][i] = jax.jvp(grad_at, (acts[j],), (acts[j],))[1]
-        return logits, cls, {i: acts[j] for j, i in enumerate(order)}, grads, hvps
+        acts = {i: acts[j] for j, i in enumerate(order)}
+        if low:  # dicts keyed by score functions are not sortable pytrees: cast their values
+            logits, acts = to_f32(logits), to_f32(acts)
+            grads, hvps = ({s: to_f32(v) for s, v in d.items()} for d in (grads, hvps))
+        return logits, cls, acts, grads, hvps
 
     def layer_raw(spec, score, params, x, keys, cap, i):
         logits, cls, acts, grads, hvps = cap
         if spec.output == "multiscale":
             scales = option(spec, "scales") or default_scales(x.shape[1])
-            return cameras(x, cls, jax.tree_util.Partial(features[i], params),
-                           jax.tree_util.Partial(tails[i], params), score, scales)
-        ctx = Context(tail=jax.tree_util.Partial(tails[i], params), forward=jax.tree_util.Partial(forward, params),
+            return cameras(x, cls, jax.tree_util.Partial(lowered(features[i]), params),
+                           jax.tree_util.Partial(lowered(tails[i]), params), score, scales)
+        ctx = Context(tail=jax.tree_util.Partial(lowered(tails[i]), params),
+                      forward=jax.tree_util.Partial(lowered(forward), params),
                       score=score, batch_size=cfg.batch_size, mean=cfg.mean, std=cfg.std)
         inputs = Inputs(acts[i], grads[score][i] if spec.gradients else None, hvps[score][i] if spec.hvp else None,
                         logits, cls, x, keys)
@@ -178,13 +202,14 @@ def _program(graphdef, cfg: Config):
         TRACE_COUNT["explain"] += 1
         # every example draws from the same key: a map never depends on the image's position in the batch
         keys = jnp.broadcast_to(key, x.shape[:1])
+        full, params = params, compute_params(params)  # FullGrad keeps float32 (its bias terms are summed)
         cap = capture(params, x, classes)
         cls = cap[1]
         size = x.shape[1:3]
         result = {}
         for spec, score in zip(specs, cfg.scores):
             if spec.output == "whole_network":
-                result[spec.name] = whole_network(score, params, x, cls)
+                result[spec.name] = whole_network(score, full, x, cls)
             elif spec.output != "ensemble":
                 raws = [layer_raw(spec, score, params, x, keys, cap, i) for i in cfg.idx]
                 result[spec.name] = raws if cfg.raw else jax.vmap(lambda *r: postprocess(list(r), size))(*raws)
@@ -195,7 +220,7 @@ def _program(graphdef, cfg: Config):
                         for m in members]
                 k = option(spec, "k", 0.1)
                 if option(spec, "adaptive", False):
-                    fwd = jax.tree_util.Partial(forward, params)
+                    fwd = jax.tree_util.Partial(lowered(forward), params)
                     road_fn = functools.partial(road_combined, fwd, targets_mod.probability, x, cls=cls,
                                                 percentiles=option(spec, "percentiles", PERCENTILES),
                                                 batch_size=cfg.batch_size)
@@ -224,7 +249,7 @@ def _program(graphdef, cfg: Config):
     def run_noisy(params, x, classes, key):
         """SmoothGrad-style averaging of any method: ``noise_samples`` copies of each image with Gaussian noise of
         ``noise_std`` times the image's value range, each explained for the clean image's class; maps averaged."""
-        logits = forward(params, x)
+        logits = lowered(forward)(compute_params(params), x)
         cls = jnp.argmax(logits, axis=-1).astype(jnp.int32) if classes is None else classes
         k_noise, k_run = jax.random.split(key)
         s, n = cfg.noise_samples, x.shape[0]
@@ -244,7 +269,7 @@ def explain(model: Model, images, method: str | Sequence[str] = "gradcam", targe
             target: str | Callable | None = None, preprocessed: bool = False, raw: bool = False,
             eigen_smooth: bool = False, eigen_sign: str = "max_abs", aug_smooth: bool = False,
             noise_samples: int = 0, noise_std: float = 0.15, key: int | jax.Array = 0, batch_size: int | None = None,
-            method_options: dict | None = None, return_logits: bool = False):
+            method_options: dict | None = None, compute_dtype: str = "float32", return_logits: bool = False):
     """Class activation maps of ``images`` under ``model``.
 
     Args:
@@ -270,6 +295,10 @@ def explain(model: Model, images, method: str | Sequence[str] = "gradcam", targe
         full forwards (Score-CAM and its variants); 64 on accelerators, with images batched together.
       method_options: ``{method: {option: value}}``, e.g. ``{"faster_scorecam": {"top_fraction": 0.2}}``; see each
         method's ``options`` in :data:`jaxcam.METHODS`.
+      compute_dtype: "float32" (default) or "bfloat16": the network's parameters and activations in that dtype
+        (faster on accelerators with bf16 units; slower on most CPUs, which emulate it), while activations,
+        gradients and scores are cast to float32 before any CAM arithmetic, normalisation and resizing. FullGrad
+        always runs in float32.
       return_logits: also return ``(logits, explained classes)``.
 
     Returns:
@@ -277,7 +306,8 @@ def explain(model: Model, images, method: str | Sequence[str] = "gradcam", targe
     """
     cfg, names = _configure(model, method, layer, target=target, raw=raw, eigen_smooth=eigen_smooth,
                             eigen_sign=eigen_sign, aug_smooth=aug_smooth, noise_samples=noise_samples,
-                            noise_std=noise_std, batch_size=batch_size, method_options=method_options)
+                            noise_std=noise_std, batch_size=batch_size, method_options=method_options,
+                            compute_dtype=compute_dtype)
     x = model.check_input(images if preprocessed else model.preprocess(images))
     classes = targets_mod.class_indices(targets, x.shape[0], model.num_classes)
     key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
@@ -288,7 +318,8 @@ def explain(model: Model, images, method: str | Sequence[str] = "gradcam", targe
 
 def _configure(model: Model, method, layer, *, target=None, raw: bool = False, eigen_smooth: bool = False,
                eigen_sign: str = "max_abs", aug_smooth: bool = False, noise_samples: int = 0,
-               noise_std: float = 0.15, batch_size: int | None = None, method_options: dict | None = None):
+               noise_std: float = 0.15, batch_size: int | None = None, method_options: dict | None = None,
+               compute_dtype: str = "float32"):
     """Validate explain()'s static arguments: ``(Config, method names to return)``."""
     names = _resolve_methods(method)
     idx = _resolve_layers(model, layer)
@@ -308,6 +339,7 @@ def _configure(model: Model, method, layer, *, target=None, raw: bool = False, e
         raise ValueError("choose one of aug_smooth and noise_samples")
     if eigen_smooth and "fullgrad" in names:
         raise ValueError("eigen_smooth is not supported for 'fullgrad' (it ignores the target layer)")
+    compute_dtype = _compute_dtype(compute_dtype)
     options = _options(method_options, names)
     computed = _with_members(names, dict(options))
     user_score = None if target is None else targets_mod.resolve(target)
@@ -316,8 +348,21 @@ def _configure(model: Model, method, layer, *, target=None, raw: bool = False, e
     biases = tuple((p, b.tobytes()) for p, b in bias_layers(model)) if "fullgrad" in computed else ()
     cfg = Config(idx, len(model.stage_names), computed, scores, raw, eigen_smooth, eigen_sign, aug_smooth,
                  noise_samples, float(noise_std), batch_size, on_cpu, options, tuple(model.arch.mean),
-                 tuple(model.arch.std), biases)
+                 tuple(model.arch.std), biases, compute_dtype)
     return cfg, names
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def _compute_dtype(value) -> str:
+    try:
+        name = jnp.dtype(value).name
+    except TypeError:
+        name = str(value)
+    if name not in COMPUTE_DTYPES:
+        raise UnknownNameError(str(value), COMPUTE_DTYPES, "compute_dtype")
+    return name
 
 
 def explainer(model: Model, method: str = "gradcam", layer=None, **options):
