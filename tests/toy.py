@@ -23,7 +23,7 @@ class OffsetLinear(nnx.Module):
 
 class Toy(nnx.Module):
     def __init__(self, num_classes=5, offset=0.0, channels=6, *, rngs):
-        self.conv = conv(3, channels, 3, 2, 1, bias=True, rngs=rngs)
+        self.conv = conv(3, channels, 3, 2, 1, bias=True, rngs=rngs, kernel_init=nnx.initializers.lecun_normal())
         self.head = OffsetLinear(channels, num_classes, offset, rngs=rngs)
 
     def stages(self):

@@ -35,8 +35,6 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
-from scipy import stats
-from scipy.special import ndtr, ndtri
 
 from ..errors import JaxcamError, UnknownNameError
 from ..table import Table
@@ -67,6 +65,13 @@ class PivotError(StatisticsError):
 
 
 # ----------------------------------------------------------------------------------------------- input handling
+
+
+def _scipy_stats():
+    """scipy.stats, imported on first use (it costs about 0.3 s, which every ``import jaxcam`` would pay)."""
+    from scipy import stats
+
+    return stats
 
 
 def _check_choice(value: str, valid: Sequence[str], context: str) -> str:
@@ -167,7 +172,7 @@ def _paired(data, names, block: str, method: str, value: str, nan_policy: str):
 
 def _ranks(scores: np.ndarray, higher_is_better: bool) -> np.ndarray:
     """Per-block ranks, 1 = best, average ranks for ties (Demšar 2006, sec. 3.2.2)."""
-    return stats.rankdata(-scores if higher_is_better else scores, method="average", axis=1)
+    return _scipy_stats().rankdata(-scores if higher_is_better else scores, method="average", axis=1)
 
 
 # ------------------------------------------------------------------------------------------ Friedman + Nemenyi
@@ -182,7 +187,7 @@ def critical_difference(k: int, n: int, alpha: float = 0.05) -> float:
     """
     if k < 2 or n < 1:
         raise StatisticsError(f"critical difference needs k >= 2 methods and n >= 1 blocks, got k={k}, n={n}")
-    q_alpha = stats.studentized_range.ppf(1 - _check_alpha(alpha), k, np.inf) / math.sqrt(2)
+    q_alpha = _scipy_stats().studentized_range.ppf(1 - _check_alpha(alpha), k, np.inf) / math.sqrt(2)
     return float(q_alpha * math.sqrt(k * (k + 1) / (6 * n)))
 
 
@@ -194,7 +199,7 @@ def _nemenyi_table(mean_ranks: np.ndarray, names, n: int, alpha: float) -> Table
     for a in range(k):
         for b in range(a + 1, k):
             diff = float(mean_ranks[a] - mean_ranks[b])
-            p = float(stats.studentized_range.sf(abs(diff) / se * math.sqrt(2), k, np.inf))
+            p = float(_scipy_stats().studentized_range.sf(abs(diff) / se * math.sqrt(2), k, np.inf))
             rows.append(dict(method_a=names[a], method_b=names[b], mean_rank_a=float(mean_ranks[a]),
                              mean_rank_b=float(mean_ranks[b]), rank_diff=diff, critical_difference=cd,
                              p_value=min(max(p, 0.0), 1.0), significant=bool(abs(diff) >= cd)))
@@ -287,7 +292,7 @@ def friedman(data, names=None, *, block: str = "block", method: str = "method", 
     n, k = scores.shape
     ranks = _ranks(scores, higher_is_better)
     chi2 = _friedman_chi2(ranks, scores)
-    p = float(stats.chi2.sf(chi2, k - 1)) if not math.isnan(chi2) else math.nan
+    p = float(_scipy_stats().chi2.sf(chi2, k - 1)) if not math.isnan(chi2) else math.nan
     denom = n * (k - 1) - chi2
     if math.isnan(chi2):
         f = f_p = math.nan
@@ -295,7 +300,7 @@ def friedman(data, names=None, *, block: str = "block", method: str = "method", 
         f, f_p = math.inf, 0.0
     else:
         f = (n - 1) * chi2 / denom
-        f_p = float(stats.f.sf(f, k - 1, (k - 1) * (n - 1)))
+        f_p = float(_scipy_stats().f.sf(f, k - 1, (k - 1) * (n - 1)))
     mean_ranks = ranks.mean(axis=0)
     rank_table = Table({"method": list(names), "mean_rank": mean_ranks, "n": np.full(k, n)})
     return FriedmanResult(statistic=float(chi2), p_value=p, iman_davenport=float(f), iman_davenport_p_value=f_p,
@@ -330,7 +335,7 @@ def holm(p_values) -> np.ndarray:
 
 
 def _wilcoxon_row(x, y, name_a, name_b, zero_method, correction, wilcoxon_method) -> dict:
-    res = stats.wilcoxon(x, y, zero_method=zero_method, correction=correction, alternative="two-sided",
+    res = _scipy_stats().wilcoxon(x, y, zero_method=zero_method, correction=correction, alternative="two-sided",
                          method=wilcoxon_method)
     return dict(method_a=name_a, method_b=name_b, n=int(len(x)), statistic=float(res.statistic),
                 p_value=float(res.pvalue), median_diff=float(np.median(x - y)))
@@ -415,7 +420,7 @@ def kruskal(groups, *, method: str = "method", value: str = "value", nan_policy:
         if v.size == 0:
             raise StatisticsError(f"group {g!r} is empty" + (" after dropping NaN" if nan_policy == "omit" else ""))
     with np.errstate(invalid="ignore", divide="ignore"):
-        res = stats.kruskal(*samples.values())
+        res = _scipy_stats().kruskal(*samples.values())
     return Table.from_rows([dict(statistic=float(res.statistic), p_value=float(res.pvalue), k=len(samples),
                                  n_total=int(sum(v.size for v in samples.values())))])
 
@@ -571,6 +576,8 @@ def _bca_levels(x, statistic, estimate, boot, tail) -> np.ndarray:
     jack = _jackknife(x, statistic)
     d = jack.mean() - jack
     with np.errstate(invalid="ignore", divide="ignore"):
+        from scipy.special import ndtr, ndtri
+
         z0 = ndtri(share)
         a = (d ** 3).sum() / (6 * (d ** 2).sum() ** 1.5)
         z = np.array([ndtri(tail), -ndtri(tail)])

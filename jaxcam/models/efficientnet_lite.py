@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from flax import nnx
 
-from .layers import batch_norm, conv, global_avg_pool, relu6
+from .layers import batch_norm, conv, global_avg_pool, linear, relu6
 
 EPS = 1e-3
 # (expand ratio, kernel, stride, output channels, repeats) per stage
@@ -55,7 +55,7 @@ class EfficientNetLite(nnx.Module):
         self._blocks = nnx.List(blocks)
         self._conv_head = conv(cin, 1280, 1, 1, "SAME", rngs=rngs)
         self._bn1 = batch_norm(1280, eps=EPS, rngs=rngs)
-        self._fc = nnx.Linear(1280, num_classes, rngs=rngs)
+        self._fc = linear(1280, num_classes, rngs=rngs)
 
     def stages(self):
         out = [("_conv_stem", self._conv_stem), ("_bn0", lambda x: relu6(self._bn0(x)))]

@@ -25,12 +25,25 @@ class PointwiseConv(nnx.Conv):
 
 
 def conv(cin: int, cout: int, k: int, stride: int = 1, padding: int | str = 0, *, bias: bool = False,
-         groups: int = 1, rngs: nnx.Rngs) -> nnx.Conv:
-    """A 2-D convolution, NHWC/HWIO. An int ``padding`` is PyTorch's symmetric padding; "SAME" is TF's."""
+         groups: int = 1, rngs: nnx.Rngs, kernel_init=None) -> nnx.Conv:
+    """A 2-D convolution, NHWC/HWIO. An int ``padding`` is PyTorch's symmetric padding; "SAME" is TF's.
+    ``kernel_init``: zeros by default (see ``ZEROS``); a model whose weights come from its initialisers (tests'
+    toy models) passes one."""
     pad = padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
     cls = PointwiseConv if k == 1 and groups == 1 and padding in (0, "SAME") else nnx.Conv
     return cls(cin, cout, kernel_size=(k, k), strides=(stride, stride), padding=pad, use_bias=bias,
-               feature_group_count=groups, rngs=rngs)
+               feature_group_count=groups, kernel_init=kernel_init or ZEROS, bias_init=ZEROS, rngs=rngs)
+
+
+# Every parameter comes from a state dict (converted, stored, or jaxcam's NumPy random_state_dict), never from the
+# module's initialisers: zeros keep building a model's structure (nnx.eval_shape) cheap to trace, 0.1 s instead of
+# about 0.7 s for random-normal initialisers, which every load_model paid.
+ZEROS = nnx.initializers.zeros_init()
+
+
+def linear(cin: int, cout: int, *, rngs: nnx.Rngs) -> nnx.Linear:
+    """A fully connected layer (its parameters come from a state dict; see ``ZEROS``)."""
+    return nnx.Linear(cin, cout, kernel_init=ZEROS, bias_init=ZEROS, rngs=rngs)
 
 
 def batch_norm(features: int, *, eps: float = 1e-5, rngs: nnx.Rngs) -> nnx.BatchNorm:

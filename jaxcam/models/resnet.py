@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from .layers import batch_norm, conv, global_avg_pool, max_pool
+from .layers import batch_norm, conv, global_avg_pool, linear, max_pool
 
 _BLOCKS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
            101: ("bottleneck", (3, 4, 23, 3)), 152: ("bottleneck", (3, 8, 36, 3))}
@@ -75,7 +75,7 @@ class ResNet(nnx.Module):
                 blocks.append(block(cin, planes, stride, rngs=rngs))
                 cin = planes * block.expansion
             setattr(self, f"layer{i + 1}", nnx.List(blocks))
-        self.fc = nnx.Linear(cin, num_classes, rngs=rngs)
+        self.fc = linear(cin, num_classes, rngs=rngs)
 
     def stages(self):
         out = [("conv1", self.conv1), ("bn1", self.bn1), ("relu", jax.nn.relu),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from .layers import adaptive_avg_pool, batch_norm, conv, max_pool
+from .layers import adaptive_avg_pool, batch_norm, conv, linear, max_pool
 
 CONFIGS = {
     11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -30,9 +30,9 @@ def _maxpool2(x):
     return max_pool(x, 2, 2, 0)
 
 
-def _flatten_then(linear):
+def _flatten_then(fc):
     """``classifier.0`` sees the pooled map flattened (NHWC order; the conversion permutes its rows to match)."""
-    return lambda x: linear(x.reshape(x.shape[0], -1))
+    return lambda x: fc(x.reshape(x.shape[0], -1))
 
 
 class VGG(nnx.Module):
@@ -51,9 +51,9 @@ class VGG(nnx.Module):
             cin = v
         self.kinds = tuple(kinds)
         self.features = nnx.Dict(layers)
-        self.classifier = nnx.Dict({"0": nnx.Linear(512 * 7 * 7, 4096, rngs=rngs),
-                                    "3": nnx.Linear(4096, 4096, rngs=rngs),
-                                    "6": nnx.Linear(4096, num_classes, rngs=rngs)})
+        self.classifier = nnx.Dict({"0": linear(512 * 7 * 7, 4096, rngs=rngs),
+                                    "3": linear(4096, 4096, rngs=rngs),
+                                    "6": linear(4096, num_classes, rngs=rngs)})
 
     def stages(self):
         out = []
