@@ -1,6 +1,8 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# the CLI enables JAX's persistent compilation cache; tests calling it in-process must not write to ~/.cache
+os.environ.setdefault("JAXCAM_COMPILATION_CACHE", "off")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..compilation_cache import enable_compilation_cache
 from ..errors import JaxcamError
 from . import bench, convert, evaluate, explain, info, predict, robustness
 
@@ -20,6 +21,9 @@ EXAMPLES = """examples:
   jaxcam evaluate --metrics deletion_auc road_combined --out runs/eval
   jaxcam convert resnet50 resnet50-0676ba61.pth
   jaxcam models | jaxcam methods | jaxcam bench --quick
+
+Compiled programs are cached under ~/.cache/jaxcam/xla (JAXCAM_COMPILATION_CACHE=DIR moves it, =off disables it),
+so a second run starts in seconds.
 """
 
 SUBCOMMANDS = (explain, robustness, evaluate, convert, info, predict, bench)
@@ -38,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    enable_compilation_cache()
     try:
         args.func(args)
     except KeyboardInterrupt:
