@@ -17,7 +17,7 @@ from . import bench, convert, evaluate, explain, info, predict, robustness
 EXAMPLES = """examples:
   jaxcam explain                                  Grad-CAM of the embedded model on scikit-image's sample photos
   jaxcam explain cat.jpg --method all --target top5 --out runs/cat
-  jaxcam robustness --noises gaussian_noise --severities 1 3 5 --out runs/rob
+  jaxcam robustness --noises gaussian --severities 1 3 5 --out runs/rob
   jaxcam evaluate --metrics deletion_auc road_combined --out runs/eval
   jaxcam convert resnet50 resnet50-0676ba61.pth
   jaxcam models | jaxcam methods | jaxcam bench --quick
