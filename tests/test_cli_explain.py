@@ -80,7 +80,11 @@ def test_default_explains_the_sample_photos_with_the_embedded_model(tmp_path, ca
         assert str(npz["model"]) == "efficientnet_lite0" and list(npz["layer"]) == ["_bn1"]
         assert npz["classes"][0] in range(281, 286)  # chelsea is a cat
         assert npz["probs"].shape == (4,) and ((npz["probs"] > 0) & (npz["probs"] <= 1)).all()
-    line = rf"wrote 4 overlays, grid.png and maps.npz for 4 images x 1 method to {re.escape(str(tmp_path))} in "
+    html = (tmp_path / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 1 and "http://" not in html and "https://" not in html
+    assert "egyptian cat" in html.lower() or "tabby" in html.lower()
+    line = (rf"wrote 4 overlays, grid.png, maps.npz and report.html for 4 images x 1 method to "
+            rf"{re.escape(str(tmp_path))} in ")
     assert re.fullmatch(line + r"\d+\.\d s\n", out), out
 
 

@@ -30,6 +30,7 @@ outputs (in --out, default runs/explain):
   grid.png                              rows: images (x classes with topK); columns: methods
   maps.npz                              one (N, H, W) array per method ((N, K, H, W) with topK), plus classes,
                                         probs, names (images), class_names, methods, model and layer
+  report.html                           one self-contained page (no network): explained classes and the grid
 """
 
 GRID_MAX_PIXELS = 4000  # grid.png's longer side stays about this size (down to 40 dpi)
@@ -100,7 +101,7 @@ def run(args) -> None:
                          [model.canonical_layer(ly) for ly in (layers or [None])])
     n_overlays = write_outputs(out, result, args.alpha, args.cmap)
     k = f" x {classes.shape[1]} classes" if classes.shape[1] > 1 else ""
-    summary(f"wrote {n_overlays} overlays, grid.png and maps.npz for {_count(len(names), 'image')}{k} x "
+    summary(f"wrote {n_overlays} overlays, grid.png, maps.npz and report.html for {_count(len(names), 'image')}{k} x "
             f"{_count(len(methods), 'method')} to {out} in {time.perf_counter() - start:.1f} s")
 
 
@@ -287,7 +288,8 @@ def overlay_name(image: str, method: str, cls: int, label: str) -> str:
 
 
 def write_outputs(out: str, r: Explanation, alpha: float, cmap: str) -> int:
-    """Write the overlays, grid.png and maps.npz (each atomically); returns how many overlays were written."""
+    """Write the overlays, grid.png, maps.npz and report.html (each atomically); returns how many overlays were
+    written."""
     from ..viz import overlay, png_bytes
 
     count = 0
@@ -298,9 +300,27 @@ def write_outputs(out: str, r: Explanation, alpha: float, cmap: str) -> int:
                 atomic_write(os.path.join(out, overlay_name(name, method, int(cls), r.class_names[cls])),
                              png_bytes(picture))
                 count += 1
-    atomic_write(os.path.join(out, "grid.png"), grid_png(r, alpha, cmap))
+    grid = grid_png(r, alpha, cmap)
+    atomic_write(os.path.join(out, "grid.png"), grid)
     atomic_write(os.path.join(out, "maps.npz"), npz_bytes(r))
+    report(r, grid).write(os.path.join(out, "report.html"))
     return count
+
+
+def report(r: Explanation, grid: bytes):
+    """report.html: one self-contained page (no network) with the predictions and the grid figure."""
+    from ..report import Report
+    from ..table import Table
+
+    rows = [{"image": name, "rank": rank + 1, "class": int(cls), "name": r.class_names[cls],
+             "probability": float(r.probs[i, rank])}
+            for i, name in enumerate(r.names) for rank, cls in enumerate(r.classes[i])]
+    page = Report(f"jaxcam explain: {r.model}",
+                  f"{len(r.names)} image(s) x {len(r.maps)} method(s) at layer {', '.join(r.layers)}")
+    page.section("Explained classes").table(Table.from_rows(rows))
+    page.section("Maps").image(grid, "rows: images (x classes); columns: methods; maps in [0, 1]")
+    page.text("Every overlay is also a PNG file beside this report; the raw maps are in maps.npz.")
+    return page
 
 
 def grid_png(r: Explanation, alpha: float, cmap: str) -> bytes:
