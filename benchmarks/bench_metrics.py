@@ -8,6 +8,7 @@ layer4 computed once by jaxcam and handed to both sides):
   ``DeletionInsertionMetric`` (its default batch of 32 forwards);
 - Average Drop / Increase in Confidence against torchcam's ``ClassificationMetric``.
 The outputs are compared before anything is timed. Writes benchmarks/results/metrics-<model>-b<batch>-<device>.json.
+``run(args, setup)`` is also the ``metrics`` workload of the whole suite (``benchmarks/run.py``).
 
     pip install -e '.[torch]' && python benchmarks/bench_metrics.py [--batch 8] [--repeats 3] [--only road deletion]
 """
@@ -38,7 +39,8 @@ class FixedCAMs:
     def __init__(self, model, cams):
         import torch
 
-        self.model, self.cams = model, torch.from_numpy(cams)
+        device = next(model.parameters()).device
+        self.model, self.cams = model, torch.from_numpy(cams).to(device)
 
     def __call__(self, class_idx=None, scores=None, normalized=True, **kwargs):
         return [self.cams]
@@ -50,7 +52,7 @@ class FixedCAMs:
         return contextlib.nullcontext()
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--batch", type=int, default=8)
@@ -59,14 +61,28 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", nargs="*", default=None, choices=["road", "deletion", "average_drop"])
-    args = ap.parse_args()
+    return ap
 
+
+def main() -> None:
+    args = build_parser().parse_args()
+    res = run(args)
+    only = "" if args.only is None else "-" + "+".join(sorted(args.only))
+    out = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                   f"metrics-{args.model}-b{args.batch}-{jax.devices()[0].platform}{only}.json")
+    write(res, out)
+    print("wrote", out)
+
+
+def run(args, setup=None) -> dict:
+    """Every metric workload ``args`` asks for; ``setup``: ``(jaxcam model, torch model, x NHWC, x NCHW)`` to
+    reuse (default: :func:`harness.same_model_and_photos`). Returns the results dict."""
     import torch
     import torchcam.metrics as tcm
     from pytorch_grad_cam.metrics.road import ROADCombined
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-    model, tm, x, xt = same_model_and_photos(args.model, args.batch, args.size, args.threads)
+    model, tm, x, xt = setup or same_model_and_photos(args.model, args.batch, args.size, args.threads)
     xj = jax.device_put(x)
     cams = np.asarray(jaxcam.explain(model, xj, "gradcam", preprocessed=True))
     classes = [int(c) for c in np.argmax(np.asarray(model(xj)), -1)]
@@ -121,11 +137,11 @@ def main() -> None:
             m = tcm.ClassificationMetric(FixedCAMs(tm, cams), soft)
             out = []
             for i in range(len(classes)):  # per image, to compare per-image values; the timing is one batched call
-                m.cam_extractor.cams = torch.from_numpy(cams[i:i + 1])
+                m.cam_extractor.cams = torch.from_numpy(cams[i:i + 1]).to(xt.device)
                 m.update(xt[i:i + 1], classes[i:i + 1])
                 out.append(m.summary()["avg_drop"])
                 m.reset()
-            m.cam_extractor.cams = torch.from_numpy(cams)
+            m.cam_extractor.cams = torch.from_numpy(cams).to(xt.device)
             return np.asarray(out)
 
         def ref_ad_batched():
@@ -139,11 +155,7 @@ def main() -> None:
         w["speedup"] = w["reference"]["median_s"] / w["jaxcam"]["median_s"]
         print(f"{'  (reference batched)':28s} {w['reference']['median_s']:8.3f} s  speed-up {w['speedup']:.1f}x")
 
-    only = "" if args.only is None else "-" + "+".join(sorted(args.only))
-    out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                   f"metrics-{args.model}-b{args.batch}-{jax.devices()[0].platform}{only}.json")
-    write(res, out)
-    print("wrote", out)
+    return res
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ for its own (new) prediction, RBO (p = 0.9) of the Quickshift region rankings ag
 Before anything is timed, on ``--agree-jobs`` jobs jaxcam's exact noisy image (``jaxcam.noise.perturb`` with the
 run's job key) is explained by both libraries: the predictions must match and the maps agree (max |diff| <= 1e-3,
 r >= 0.999; Eigen-CAM up to the SVD sign), and the region scores and RBO of both implementations must agree on
-identical maps. Writes benchmarks/results/robustness-<model>-b<batch>-<device>[-quick].json.
+identical maps. Writes benchmarks/results/robustness-<model>-b<batch>-<device>[-quick].json. ``run(args)`` is also
+the ``robustness`` workload of the whole suite (``benchmarks/run.py``, which passes its own arguments).
 
     pip install -e '.[torch]' rbo && python benchmarks/bench_robustness.py [--batch 8] [--baseline-jobs 4] [--quick]
 """
@@ -45,7 +46,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import check_agreement, environment, same_model_and_photos, write  # noqa: E402
+from harness import (check_agreement, environment, machine_busy_s, own_cpu_s, same_model_and_photos,  # noqa: E402
+                     torch_device, write)
 
 import jaxcam  # noqa: E402
 import jaxcam.robustness as jrob  # noqa: E402
@@ -103,13 +105,14 @@ class Baseline:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         self.torch, self.tm, self.methods = torch, tm, list(methods)
+        self.device = next(tm.parameters()).device
         self.classes = {m: getattr(pgc, PGC[m]) for m in self.methods}
         self.target = ClassifierOutputTarget
         self.mean, self.std = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
 
     def tensor(self, pixels: np.ndarray):
         x = (pixels - self.mean) / self.std
-        return self.torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
+        return self.torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None])).to(self.device)
 
     def predict(self, xt) -> tuple[int, float]:
         with self.torch.no_grad():
@@ -158,21 +161,6 @@ class Baseline:
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
-def machine_busy_s() -> float:
-    """CPU-seconds the whole machine has spent busy (all processes; /proc/stat, Linux), or NaN."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-        return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
-    except (OSError, ValueError):
-        return float("nan")
-
-
-def own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 def grid_jobs(n_images, noises, severities, draws):
     """(image, noise, level, draw) in jaxcam.robustness's order within an image."""
     return [(i, q, s, d) for i in range(n_images) for q in noises for s in severities for d in range(draws)]
@@ -291,7 +279,7 @@ def end_to_end(model, pixels, labels, counts, rows, methods, jobs) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------- main
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--batch", type=int, default=None, help="images (default 8; 2 with --quick)")
@@ -310,7 +298,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 2 images, 2 noises, 2 severities, 1 draw")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    res = run(args)
+    batch, q = res["config"]["batch"], res["config"]["quick"]
+    out = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                   f"robustness-{args.model}-b{batch}-{jax.devices()[0].platform}"
+                                   f"{'-quick' if q else ''}.json")
+    write(res, out)
+    print("wrote", out)
+
+
+def run(args) -> dict:
+    """The whole benchmark for parsed ``args`` (see :func:`build_parser`): the results dict."""
     q = args.quick
     batch = args.batch or (2 if q else 8)
     noises = tuple(args.noises or (("gaussian", "shot") if q else IMAGENET_C))
@@ -323,7 +326,7 @@ def main() -> None:
         assert tuple(map(float, IMAGENET_C[n])) == jnoise.NOISES[n].severities, n
 
     busy0, own0 = machine_busy_s(), own_cpu_s()
-    model, tm, _, _ = same_model_and_photos(args.model, batch, args.size, args.threads)
+    model, tm, _, _ = same_model_and_photos(args.model, batch, args.size, args.threads, device=torch_device())
     photos = list(jaxcam.sample_images().values())
     pixels = jaxcam.preprocess([photos[i % len(photos)] for i in range(batch)], size=args.size, mean=(0, 0, 0),
                                std=(1, 1, 1)).clip(0, 1)
@@ -443,11 +446,7 @@ def main() -> None:
                         "per_noisy_image_s": base_total / n_jobs},
            "speedup": speedup, "speedup_note": "baseline extrapolated total / jaxcam steady-state median",
            "other_processes_cpu_s": other}
-    out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                   f"robustness-{args.model}-b{batch}-{jax.devices()[0].platform}"
-                                   f"{'-quick' if q else ''}.json")
-    write(res, out)
-    print("wrote", out)
+    return res
 
 
 if __name__ == "__main__":
