@@ -20,7 +20,8 @@ from ..errors import JaxcamError, MissingDependencyError
 INSTALL = "pip install -c constraints.txt -e '.[torch]'"
 REQUIRED = {"torch": "torch", "torchvision": "torchvision", "pytorch_grad_cam": "grad-cam", "torchcam": "torchcam",
             "timm": "timm", "rbo": "rbo"}
-NOT_IN_EXTRA = {"rbo": "rbo==0.1.3"}  # the robustness benchmark's reference RBO; not (yet) in the torch extra
+# the robustness benchmark's reference RBO; its metadata pins numpy<2 (it works with numpy 2), hence --no-deps
+NOT_IN_EXTRA = {"rbo": "--no-deps rbo==0.1.3"}
 
 EXAMPLES = f"""examples:
   jaxcam bench --quick                            every workload kind, small (a few minutes on a CPU)
