@@ -21,7 +21,30 @@ class PointwiseConv(nnx.Conv):
         if s != (1, 1):
             x = x[:, ::s[0], ::s[1]]
         y = jnp.dot(x, self.kernel[...][0, 0])
-        return y if self.bias is None else y + self.bias[...]
+        return y if self.bias is None else y + self.bias[...].reshape(1, 1, 1, -1)
+
+
+class DepthwiseConv(nnx.Conv):
+    """A depthwise convolution (one k x k filter per channel) as k*k shifted multiply-adds over the padded input.
+
+    Same parameters and result as ``nnx.Conv`` with ``feature_group_count`` = channels. XLA's CPU backend runs a
+    grouped convolution about 10x slower than this fused elementwise form (EfficientNet-Lite0's forward at batch 8:
+    526 ms against PyTorch's 57 ms before this layer); on accelerators both are memory-bound and equally fast.
+    """
+
+    def __call__(self, x):
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        pads = (jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), self.padding)
+                if isinstance(self.padding, str) else self.padding)
+        xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+        ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+        w = self.kernel[...].reshape(kh, kw, 1, 1, 1, -1)  # (kh, kw, 1, C) -> per tap (1, 1, 1, C)
+        y = None
+        for i in range(kh):
+            for j in range(kw):
+                tap = xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw] * w[i, j]
+                y = tap if y is None else y + tap
+        return y if self.bias is None else y + self.bias[...].reshape(1, 1, 1, -1)
 
 
 def conv(cin: int, cout: int, k: int, stride: int = 1, padding: int | str = 0, *, bias: bool = False,
@@ -30,7 +53,12 @@ def conv(cin: int, cout: int, k: int, stride: int = 1, padding: int | str = 0, *
     ``kernel_init``: zeros by default (see ``ZEROS``); a model whose weights come from its initialisers (tests'
     toy models) passes one."""
     pad = padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
-    cls = PointwiseConv if k == 1 and groups == 1 and padding in (0, "SAME") else nnx.Conv
+    if k == 1 and groups == 1 and padding in (0, "SAME"):
+        cls = PointwiseConv
+    elif groups > 1 and groups == cin == cout:
+        cls = DepthwiseConv
+    else:
+        cls = nnx.Conv
     return cls(cin, cout, kernel_size=(k, k), strides=(stride, stride), padding=pad, use_bias=bias,
                feature_group_count=groups, kernel_init=kernel_init or ZEROS, bias_init=ZEROS, rngs=rngs)
 
