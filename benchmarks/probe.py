@@ -185,14 +185,7 @@ def memory_jaxcam(args) -> dict:
         run()
         out["peak_steady_bytes"] = dev.memory_stats()["peak_bytes_in_use"] - base
     else:
-        mem = CpuMemory()
-        out["base_bytes"] = mem.start()
-        run()
-        out["peak_first_bytes"] = mem.peak_above_base()
-        mem.start()
-        run()
-        out["peak_steady_bytes"] = mem.peak_above_base()
-        out["resettable_peak"] = mem.resettable
+        out.update(cpu_peaks(run))
     try:
         _, compiled = jax_side.compile_explain(model, x, "gradcam")
         out["xla_memory_analysis"] = jax_side.memory_analysis(compiled)
@@ -241,14 +234,20 @@ def memory_torch(args) -> dict:
             dev.sync()
             out["peak_steady_bytes"] = torch.cuda.max_memory_allocated() - base
         else:
-            mem = CpuMemory()
-            out["base_bytes"] = mem.start()
-            run()
-            out["peak_first_bytes"] = mem.peak_above_base()
-            mem.start()
-            run()
-            out["peak_steady_bytes"] = mem.peak_above_base()
-            out["resettable_peak"] = mem.resettable
+            out.update(cpu_peaks(run))
+    return out
+
+
+def cpu_peaks(run) -> dict:
+    """Peak RSS above the memory held before, of a first ``run()`` and of a second (steady) one."""
+    mem = CpuMemory()
+    out = {"base_bytes": mem.start()}
+    run()
+    out["peak_first_bytes"] = mem.peak_above_base()
+    mem.start()
+    run()
+    out["peak_steady_bytes"] = mem.peak_above_base()
+    out["resettable_peak"] = mem.resettable
     return out
 
 
