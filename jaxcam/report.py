@@ -27,6 +27,7 @@ import os
 import numpy as np
 
 from .errors import JaxcamError
+from .files import atomic_write
 from .table import Table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -205,12 +206,7 @@ class Report:
 
     def write(self, path: str | os.PathLike) -> str:
         """Write the document to ``path`` (through a temporary file and a rename) and return the path."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(self.html())
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, self.html())
 
 
 __all__ = ["Report", "ReportError", "parse_markdown_table"]

@@ -33,6 +33,7 @@ import numpy as np
 from . import noise as noise_mod
 from ._explain import _configure, _program
 from .errors import JaxcamError, UnknownNameError
+from .files import atomic_write
 from .metrics import robustness as rm
 from .models.model import StageRange
 from .table import Table
@@ -182,10 +183,7 @@ def _check_config(out_dir: str, cfg: RunConfig, resume: bool) -> None:
         if not resume and os.listdir(os.path.join(out_dir, "parts")):
             raise RunConfigError(f"{out_dir} already holds results; pass resume=True to continue that run")
     else:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(want, f, indent=1)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(want, indent=1))
 
 
 def run(model, source, out_dir: str, *, methods: Sequence[str] = PAPER_METHODS,

@@ -43,6 +43,22 @@ def load(args):
     return load_model(args.model, weights=weights)
 
 
+def method_list(spec: list[str], error: type[Exception], keep=lambda spec: True) -> list[str]:
+    """The method names ``--methods`` gives, each registered and none twice (``error`` otherwise); ``all``: every
+    registered method whose spec ``keep`` accepts."""
+    from ..errors import UnknownNameError
+    from ..methods import METHODS
+
+    if spec == ["all"]:
+        return [m for m, s in METHODS.items() if keep(s)]
+    for m in spec:
+        if m not in METHODS:
+            raise UnknownNameError(m, [*METHODS, "all"], "--methods")
+    if len(set(spec)) != len(spec):
+        raise error(f"--methods lists a method twice: {' '.join(spec)}")
+    return list(spec)
+
+
 def read_images(paths) -> tuple[list[str], list]:
     """``(names, images)``: the files given (each checked to exist, so a typo is one clear line before any model is
     loaded), or scikit-image's sample photographs when none are."""
@@ -80,14 +96,6 @@ def out_dir(path: str) -> str:
     except OSError as exc:
         raise OutputDirError(f"output directory {path} is not writable: {exc.strerror or exc}") from None
     return path
-
-
-def atomic_write(path: str, data: bytes | str) -> None:
-    """Write through a temporary file and a rename, so an interrupted run never leaves half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def summary(line: str) -> None:

@@ -17,7 +17,9 @@ import warnings
 import numpy as np
 
 from ..errors import JaxcamError, MaskError, UnknownNameError
-from .common import add_images_arg, add_model_args, atomic_write, formatter, load, out_dir, read_images, summary
+from ..files import atomic_write
+from .common import (add_images_arg, add_model_args, formatter, load, method_list, out_dir, read_images,
+                     summary)
 
 DEFAULT_METHODS = ("gradcam", "gradcam++", "xgradcam")
 DEFAULT_OUT = os.path.join("runs", "evaluate")
@@ -109,17 +111,8 @@ def run(args) -> None:
 
 
 def resolve_methods(spec: list[str]) -> list[str]:
-    """Method names (``all``: every registered method), each checked."""
-    from ..methods import METHODS
-
-    if spec == ["all"]:
-        return [m for m, s in METHODS.items() if not s.gap_fc_only]
-    for m in spec:
-        if m not in METHODS:
-            raise UnknownNameError(m, [*METHODS, "all"], "--methods")
-    if len(set(spec)) != len(spec):
-        raise EvaluateArgumentError(f"--methods lists a method twice: {' '.join(spec)}")
-    return list(spec)
+    """Method names (``all``: every registered method that runs on any layer), each checked."""
+    return method_list(spec, EvaluateArgumentError, keep=lambda m: not m.gap_fc_only)
 
 
 def metric_families() -> list[str]:

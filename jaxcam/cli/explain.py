@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import add_images_arg, add_model_args, atomic_write, formatter, load, out_dir, read_images, summary
+from ..files import atomic_write
+from .common import add_images_arg, add_model_args, formatter, load, out_dir, read_images, summary
 
 EXAMPLES = """examples:
   jaxcam explain                                  Grad-CAM of the embedded model on scikit-image's sample photos

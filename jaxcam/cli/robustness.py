@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ImageFileError, JaxcamError, UnknownNameError
-from .common import (add_images_arg, add_model_args, atomic_write, formatter, load, out_dir, read_images, summary)
+from ..files import atomic_write
+from .common import (add_images_arg, add_model_args, formatter, load, method_list, out_dir, read_images,
+                     summary)
 
 DEFAULT_NOISES = ("gaussian", "shot", "impulse", "speckle")
 DEFAULT_SEVERITIES = (1, 2, 3, 4, 5)
@@ -112,16 +114,8 @@ def run(args) -> None:
 
 def _methods(spec: list[str]) -> tuple[str, ...]:
     """The method names (``all``: every registered method that runs on any layer, no ensembles), checked."""
-    from ..methods import METHODS
-
-    if spec == ["all"]:
-        return tuple(m for m, s in METHODS.items() if not s.gap_fc_only and s.output != "ensemble")
-    for m in spec:
-        if m not in METHODS:
-            raise UnknownNameError(m, [*METHODS, "all"], "--methods")
-    if len(set(spec)) != len(spec):
-        raise RobustnessArgumentError(f"--methods lists a method twice: {' '.join(spec)}")
-    return tuple(spec)
+    return tuple(method_list(spec, RobustnessArgumentError,
+                             keep=lambda m: not m.gap_fc_only and m.output != "ensemble"))
 
 
 def _check_grid(args) -> None:
