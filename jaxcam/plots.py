@@ -77,21 +77,29 @@ def rm_by_noise(summary: Table) -> bytes:
 def similarity_vs_severity(rows: Table, similarity: str = "similarity") -> bytes:
     """Mean ``value`` (the clean-vs-noisy similarity) against severity, one line per method, one panel per noise;
     ``rows``: the tidy rows of :func:`jaxcam.robustness.run`."""
-    methods, noises = _ordered(rows["method"]), _ordered(rows["noise"])
-    fig = _figure(0.6 + 3.0 * len(noises), 3.2)
-    axes = fig.subplots(1, len(noises), squeeze=False, sharey=True)[0]
-    for ax, n in zip(axes, noises):
-        for m in methods:
-            sub = rows.where(noise=n, method=m)
-            sev = sorted(set(sub["severity"].tolist()))
-            ax.plot(sev, [_mean(sub.where(severity=s)["value"]) for s in sev], marker="o", label=m)
-            ax.set_xticks(sev)
-        ax.set_title(n)
-        ax.set_xlabel("severity")
+    fig, axes = _mean_lines(rows, "noise", "severity", "severity")
+    for ax, n in zip(axes, _ordered(rows["noise"])):
+        ax.set_xticks(sorted(set(rows.where(noise=n)["severity"].tolist())))
     axes[0].set_ylabel(f"mean {similarity}")
-    axes[-1].legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)
+
+
+def _mean_lines(table: Table, panel: str, x: str, xlabel: str):
+    """``(figure, axes)``: one panel per value of column ``panel`` (in order of appearance), and in each the mean
+    ``value`` against column ``x``, one line per method, with a legend on the last panel."""
+    panels, methods = _ordered(table[panel]), _ordered(table["method"])
+    fig = _figure(0.6 + 3.0 * len(panels), 3.2)
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, p in zip(axes, panels):
+        for m in methods:
+            sub = table.where(**{panel: p, "method": m})
+            xs = sorted(set(sub[x].tolist()))
+            ax.plot(xs, [_mean(sub.where(**{x: v})["value"]) for v in xs], marker="o", label=m)
+        ax.set_title(p)
+        ax.set_xlabel(xlabel)
+    axes[-1].legend(fontsize=7)
+    return fig, axes
 
 
 def picture_grid(pictures: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
@@ -156,20 +164,11 @@ def randomisation_curves(table: Table) -> bytes:
     per similarity measure; ``table``: :func:`jaxcam.metrics.sanity.cascading_randomisation`'s rows."""
     from matplotlib.ticker import MaxNLocator
 
-    sims, methods = _ordered(table["similarity"]), _ordered(table["method"])
-    fig = _figure(0.6 + 3.0 * len(sims), 3.2)
-    axes = fig.subplots(1, len(sims), squeeze=False, sharey=True)[0]
-    for ax, s in zip(axes, sims):
-        for m in methods:
-            sub = table.where(similarity=s, method=m)
-            steps = sorted(set(sub["step"].tolist()))
-            ax.plot(steps, [_mean(sub.where(step=st)["value"]) for st in steps], marker="o", label=m)
+    fig, axes = _mean_lines(table, "similarity", "step", "randomisation step (0 = trained)")
+    for ax in axes:
         ax.axhline(0.0, color="#999", linewidth=0.8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(s)
-        ax.set_xlabel("randomisation step (0 = trained)")
     axes[0].set_ylabel("similarity to the trained maps")
-    axes[-1].legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)
 
