@@ -1,14 +1,17 @@
 """Counting primitives in traced programs: how tests show what a compiled program does (one sort, N convolutions)."""
 
 
-def count(jaxpr, prim: str) -> int:
-    """How many equations of primitive ``prim`` ``jaxpr`` holds, sub-jaxprs (scan, cond, pjit bodies) included."""
-    n = 0
+def equations(jaxpr):
+    """Every equation of ``jaxpr``, those of its sub-jaxprs (scan, cond, pjit bodies) included, depth first."""
     for eqn in jaxpr.eqns:
-        n += eqn.primitive.name == prim
+        yield eqn
         for p in eqn.params.values():
             for sub in (p if isinstance(p, (list, tuple)) else [p]):
                 inner = getattr(sub, "jaxpr", sub)
                 if hasattr(inner, "eqns"):
-                    n += count(inner, prim)
-    return n
+                    yield from equations(inner)
+
+
+def count(jaxpr, prim: str) -> int:
+    """How many equations of primitive ``prim`` ``jaxpr`` holds, sub-jaxprs included."""
+    return sum(eqn.primitive.name == prim for eqn in equations(jaxpr))

@@ -8,21 +8,14 @@ import pytest
 import jaxcam
 from jaxcam._explain import _configure, _program
 
+from .jaxprs import equations
+
 GRADIENT = ["gradcam", "gradcam++", "layercam", "hirescam"]
 
 
 def _dtypes(jaxpr, prim="conv_general_dilated"):
-    """The operand dtypes of every ``prim`` equation, sub-jaxprs included."""
-    out = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == prim:
-            out.append(str(eqn.invars[0].aval.dtype))
-        for p in eqn.params.values():
-            for sub in (p if isinstance(p, (list, tuple)) else [p]):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    out += _dtypes(inner, prim)
-    return out
+    """The first operand's dtype of every ``prim`` equation, sub-jaxprs included."""
+    return [str(eqn.invars[0].aval.dtype) for eqn in equations(jaxpr) if eqn.primitive.name == prim]
 
 
 @pytest.fixture(scope="module")
