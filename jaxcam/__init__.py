@@ -6,10 +6,12 @@ Distribution name ``jax-cam``; import name ``jaxcam``. The public API is listed 
 from . import datasets, metrics, noise, robustness, targets
 from ._explain import explain, explainer
 from .data import imagenet_classes, preprocess, sample_images, to_rgb
-from .errors import (CheckpointError, ChecksumMismatchError, ClassIndexError, ImageDtypeError, ImageError,
-                     ImageFileError, ImageShapeError, JaxcamError, MapError, MaskError, MissingCheckpointFilesError,
-                     MissingDependencyError, NonFiniteImageError, StateDictError, UnknownArchitectureError,
-                     UnknownLayerError, UnknownNameError)
+from .errors import (CheckpointError, ChecksumMismatchError, ClassIndexError, CorruptFileError, EmptySourceError,
+                     ImageDtypeError, ImageError, ImageFileError, ImageShapeError, ImageTooLargeError,
+                     InvalidArgumentError, InvalidNameError, JaxcamError, MapError, MaskError,
+                     MissingCheckpointFilesError, MissingDependencyError, NonFiniteImageError,
+                     NonFiniteParametersError, StateDictError, UnknownArchitectureError, UnknownLayerError,
+                     UnknownNameError)
 from .methods import METHODS, MethodSpec
 from .models import ARCHITECTURES, Model, Predictions, convert_state_dict, split
 from .evaluate import METRICS, evaluate
@@ -21,9 +23,9 @@ __version__ = "0.1.0"
 __all__ = [
     "ARCHITECTURES", "METHODS", "METRICS", "MethodSpec", "Table", "evaluate", "explain", "explainer", "metrics",
     "targets", "MapError", "MaskError", "datasets", "noise", "robustness", "CheckpointError",
-    "ChecksumMismatchError", "ClassIndexError", "ImageDtypeError", "ImageError", "ImageFileError",
-    "ImageShapeError", "JaxcamError", "MissingCheckpointFilesError", "MissingDependencyError", "Model",
-    "NonFiniteImageError", "Predictions", "StateDictError", "UnknownArchitectureError", "UnknownLayerError",
+    "ChecksumMismatchError", "ClassIndexError", "CorruptFileError", "EmptySourceError", "ImageDtypeError", "ImageError", "ImageFileError",
+    "ImageShapeError", "ImageTooLargeError", "InvalidArgumentError", "InvalidNameError", "JaxcamError", "MissingCheckpointFilesError", "MissingDependencyError", "Model",
+    "NonFiniteImageError", "NonFiniteParametersError", "Predictions", "StateDictError", "UnknownArchitectureError", "UnknownLayerError",
     "UnknownNameError", "__version__", "convert_state_dict", "imagenet_classes", "load_model", "preprocess",
     "sample_images", "split", "to_rgb",
 ]

@@ -8,6 +8,7 @@ input. Each also inherits from the matching built-in (``ValueError``, ``KeyError
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 
 
@@ -23,16 +24,30 @@ def _listing(names: Iterable[str], limit: int = 60) -> str:
     return shown
 
 
+def closest(name: object, valid: Iterable[str], n: int = 3) -> list[str]:
+    """The valid names closest to ``name`` (case-insensitive; at most ``n``, best first), for "did you mean"."""
+    valid = [str(v) for v in valid]
+    lower = {v.lower(): v for v in valid}
+    hits = difflib.get_close_matches(str(name).lower(), list(lower), n=n, cutoff=0.6)
+    return [lower[h] for h in hits]
+
+
 class UnknownNameError(JaxcamError, ValueError):
-    """A name (architecture, layer, method, ...) that is not one of the valid choices."""
+    """A name (architecture, layer, method, ...) that is not one of the valid choices.
+
+    The message lists the valid names and, when some are close to the one given, suggests them first
+    ("did you mean 'gradcam'?"); ``suggestions`` holds them."""
 
     kind = "name"
 
     def __init__(self, name: object, valid: Iterable[str], context: str = ""):
         self.name = name
         self.valid = tuple(valid)
+        self.suggestions = tuple(closest(name, self.valid)) if isinstance(name, str) else ()
         where = f" for {context}" if context else ""
-        super().__init__(f"unknown {self.kind} {name!r}{where}; valid {self.kind}s: {_listing(self.valid)}")
+        hint = f"; did you mean {' or '.join(repr(s) for s in self.suggestions)}?" if self.suggestions else ""
+        listed = _listing(self.valid) if self.valid else "none"
+        super().__init__(f"unknown {self.kind} {name!r}{where}{hint}; valid {self.kind}s: {listed}")
 
 
 class UnknownArchitectureError(UnknownNameError):
@@ -111,3 +126,31 @@ class MapError(JaxcamError, ValueError):
 
 class MaskError(JaxcamError, ValueError):
     """Ground-truth masks or boxes that cannot be used: wrong shape, or empty (a box entirely outside the image)."""
+
+
+class InvalidArgumentError(JaxcamError, ValueError):
+    """An argument whose type or value cannot be used (``steps=0``, ``chunk=0``, ``layer=3.0``, ...); the message
+    names the argument, what it got and what it accepts."""
+
+
+class ImageTooLargeError(ImageFileError):
+    """An image whose pixel count exceeds the decoding cap (a decompression bomb, or a photo larger than
+    ``max_pixels``); the message names the file, its size and how to raise the cap."""
+
+
+class NonFiniteParametersError(CheckpointError, ValueError):
+    """Weights holding NaN or infinite values (refused at conversion and at loading); names the parameters."""
+
+
+class InvalidNameError(JaxcamError, ValueError):
+    """A name that would leave its folder (``..``, a path separator, an absolute path) or is otherwise unusable as
+    a file or directory name (a model store entry, an output file)."""
+
+
+class CorruptFileError(JaxcamError, OSError):
+    """A file jaxcam wrote or reads (``.npz``, ``run.json``, ``manifest.json``, ...) that is empty, truncated,
+    of another format, or holds objects jaxcam never unpickles; the message names the file."""
+
+
+class EmptySourceError(JaxcamError, ValueError):
+    """An image source with no items (an empty folder, an empty list, a shard or range that selects nothing)."""
