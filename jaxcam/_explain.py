@@ -25,7 +25,7 @@ from .methods.fullgrad import fullgrad
 from .methods.multipass import K_GRID, META_MEMBERS, adaptive_k, cameras, default_scales, metacam
 from .metrics.road import PERCENTILES, road_combined
 from .models.model import Model, StageRange
-from .models.taps import bias_layers, full_gradients
+from .models.taps import effective_biases, full_gradients
 from .postprocess import minmax, postprocess
 
 TRACE_COUNT = {"explain": 0}  # incremented each time a program is traced (tests count compilations with it)
@@ -86,7 +86,6 @@ class Config:
     options: tuple
     mean: tuple
     std: tuple
-    biases: tuple = ()  # FullGrad's effective biases as (path, bytes), only when it is requested
     compute_dtype: str = "float32"  # the network's parameters and activations; CAM arithmetic stays float32
 
 
@@ -94,7 +93,6 @@ class Config:
 def _program(graphdef, cfg: Config):
     """Build and jit the whole computation for one static configuration."""
     specs = [METHODS[m] for m in cfg.methods]
-    bias_arrays = [np.frombuffer(b, np.float32) for _, b in cfg.biases]
     order = sorted(set(cfg.idx))
     body = StageRange(graphdef, 0, order[0] + 1)
     mids = [StageRange(graphdef, a + 1, b + 1) for a, b in zip(order[:-1], order[1:])]
@@ -195,7 +193,8 @@ def _program(graphdef, cfg: Config):
     def whole_network(score, params, x, cls):
         _, gx, gtaps = full_gradients(graphdef, params, x, lambda lg: jnp.sum(jax.vmap(score)(lg, cls)))
         size = x.shape[1:3]
-        total = jax.vmap(lambda *a: fullgrad(a[0], a[1], a[2:], bias_arrays, size))(x, gx, *gtaps)
+        biases = effective_biases(graphdef, params)  # traced: the parameters passed in, never constants
+        total = jax.vmap(lambda *a: fullgrad(a[0], a[1], a[2:], biases, size))(x, gx, *gtaps)
         return [total] if cfg.raw else jax.vmap(minmax)(total)
 
     def run(params, x, classes, key):
@@ -345,10 +344,9 @@ def _configure(model: Model, method, layer, *, target=None, raw: bool = False, e
     user_score = None if target is None else targets_mod.resolve(target)
     scores = tuple(targets_mod.resolve(METHODS[n].target) if (user_score is None or METHODS[n].intrinsic_target)
                    else user_score for n in computed)
-    biases = tuple((p, b.tobytes()) for p, b in bias_layers(model)) if "fullgrad" in computed else ()
     cfg = Config(idx, len(model.stage_names), computed, scores, raw, eigen_smooth, eigen_sign, aug_smooth,
                  noise_samples, float(noise_std), batch_size, on_cpu, options, tuple(model.arch.mean),
-                 tuple(model.arch.std), biases, compute_dtype)
+                 tuple(model.arch.std), compute_dtype)
     return cfg, names
 
 

@@ -43,18 +43,25 @@ def _layers(module):
     return [(path, node) for path, node in nnx.iter_graph(module) if _tappable(node)]
 
 
+def _effective_bias(node) -> jax.Array:
+    """The per-channel bias a layer adds: BatchNorm's ``beta - mean * gamma / sqrt(var + eps)``, a conv's bias."""
+    if isinstance(node, nnx.BatchNorm):
+        gamma, beta, mean, var = (jnp.asarray(v[...], jnp.float32) for v in (node.scale, node.bias, node.mean, node.var))
+        return beta - mean * gamma / jnp.sqrt(var + node.epsilon)
+    return jnp.asarray(node.bias[...], jnp.float32)
+
+
+def effective_biases(graphdef, params) -> list[jax.Array]:
+    """The effective bias (C,) of every bias-carrying layer, in the order of :func:`bias_layers`, as a pure
+    function of ``params``: traced inside a compiled program, so a program built for one model gives another
+    model's FullGrad when called with that model's parameters (sanity checks randomise parameters exactly so)."""
+    return [_effective_bias(node) for _, node in _layers(nnx.merge(graphdef, params))]
+
+
 def bias_layers(model: Model) -> list[tuple[str, np.ndarray]]:
-    """``[(path, effective bias (C,))]`` of every bias-carrying layer (order of the module graph)."""
-    out = []
-    for path, node in _layers(model.module()):
-        if isinstance(node, nnx.BatchNorm):
-            gamma, beta = np.asarray(node.scale[...]), np.asarray(node.bias[...])
-            mean, var = np.asarray(node.mean[...]), np.asarray(node.var[...])
-            b = beta - mean * gamma / np.sqrt(var + node.epsilon)
-        else:
-            b = np.asarray(node.bias[...])
-        out.append((".".join(map(str, path)), b.astype(np.float32)))
-    return out
+    """``[(path, effective bias (C,))]`` of every bias-carrying layer (order of the module graph), as NumPy."""
+    return [(".".join(map(str, path)), np.asarray(_effective_bias(node)))
+            for path, node in _layers(model.module())]
 
 
 def tapped_forward(graphdef, params, x, taps=None, record=None):
@@ -87,4 +94,4 @@ def full_gradients(graphdef, params, x, score_sum):
     return logits, gx, gtaps
 
 
-__all__ = ["StageRange", "bias_layers", "full_gradients", "tap_shapes", "tapped_forward"]
+__all__ = ["StageRange", "bias_layers", "effective_biases", "full_gradients", "tap_shapes", "tapped_forward"]
