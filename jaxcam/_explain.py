@@ -18,12 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import targets as targets_mod
-from .errors import UnknownLayerError, UnknownNameError
+from .errors import InvalidArgumentError, UnknownLayerError, UnknownNameError
+from .keys import as_key
 from .methods import METHODS, MethodSpec
 from .methods.base import Context, Inputs, channel_sum, first_component
 from .methods.fullgrad import fullgrad
 from .methods.multipass import K_GRID, META_MEMBERS, adaptive_k, cameras, default_scales, metacam
-from .metrics.road import PERCENTILES, road_combined
+from .metrics.road import PERCENTILES, road_combined_scores
 from .models.model import Model, StageRange
 from .models.taps import effective_biases, full_gradients
 from .postprocess import minmax, postprocess
@@ -34,20 +35,32 @@ TRACE_COUNT = {"explain": 0}  # incremented each time a program is traced (tests
 def _resolve_methods(method) -> tuple[str, ...]:
     if isinstance(method, str):
         names = tuple(METHODS) if method == "all" else (method,)
-    else:
+    elif isinstance(method, (list, tuple)):
         names = tuple(method)
         if not names:
             raise UnknownNameError("(empty list)", METHODS, "method")
+    else:
+        raise InvalidArgumentError(f"method must be a method name, a list of names or 'all', got "
+                                   f"{type(method).__name__} {method!r}; valid names: {', '.join(METHODS)}")
     for n in names:
-        if n not in METHODS:
+        if not isinstance(n, str) or n not in METHODS:
             raise UnknownNameError(n, list(METHODS) + ["all"], "method")
     return tuple(dict.fromkeys(names))
 
 
 def _resolve_layers(model: Model, layer) -> tuple[int, ...]:
-    layers = [layer] if layer is None or isinstance(layer, (str, int)) else list(layer)
+    layers = [layer] if layer is None or isinstance(layer, (str, int, np.integer)) else layer
+    if not isinstance(layers, (list, tuple)):
+        raise InvalidArgumentError(f"layer must be a layer name, an integer stage index, None (the default layer) "
+                                   f"or a list of them, got {type(layer).__name__} {layer!r}; valid layers of "
+                                   f"{model.name}: {', '.join(model.valid_layers)}")
     if not layers:
         raise UnknownLayerError("(empty list)", model.valid_layers, model.name)
+    for ly in layers:
+        if not (ly is None or isinstance(ly, str) or (isinstance(ly, (int, np.integer)) and not isinstance(ly, bool))):
+            raise InvalidArgumentError(f"layer must be a layer name or an integer stage index, got "
+                                       f"{type(ly).__name__} {ly!r}; valid layers of {model.name}: "
+                                       f"{', '.join(model.valid_layers)}")
     idx = tuple(model.layer_index(ly) for ly in layers)
     if max(idx) == len(model.stage_names) - 1:
         raise UnknownLayerError(model.stage_names[-1], model.stage_names[:-1],
@@ -220,7 +233,7 @@ def _program(graphdef, cfg: Config):
                 k = option(spec, "k", 0.1)
                 if option(spec, "adaptive", False):
                     fwd = jax.tree_util.Partial(lowered(forward), params)
-                    road_fn = functools.partial(road_combined, fwd, targets_mod.probability, x, cls=cls,
+                    road_fn = functools.partial(road_combined_scores, fwd, targets_mod.probability, x, cls=cls,
                                                 percentiles=option(spec, "percentiles", PERCENTILES),
                                                 batch_size=cfg.batch_size)
                     road_of = lambda cams: road_fn(cams=cams)  # noqa: E731
@@ -309,7 +322,7 @@ def explain(model: Model, images, method: str | Sequence[str] = "gradcam", targe
                             compute_dtype=compute_dtype)
     x = model.check_input(images if preprocessed else model.preprocess(images))
     classes = targets_mod.class_indices(targets, x.shape[0], model.num_classes)
-    key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
+    key = as_key(key)
     result, logits, cls = _program(model.graphdef, cfg)(model.params, x, classes, key)
     out = {n: result[n] for n in names} if not isinstance(method, str) or method == "all" else result[names[0]]
     return (out, logits, cls) if return_logits else out
@@ -328,16 +341,18 @@ def _configure(model: Model, method, layer, *, target=None, raw: bool = False, e
         _check_gap_fc(model, METHODS[n], idx)
     on_cpu = jax.default_backend() == "cpu"
     batch_size = (8 if on_cpu else 64) if batch_size is None else batch_size
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(noise_samples, int) or noise_samples < 0:
-        raise ValueError(f"noise_samples must be a non-negative int, got {noise_samples!r}")
+        raise InvalidArgumentError(f"noise_samples must be a non-negative int, got {noise_samples!r}")
+    if not isinstance(noise_std, (int, float, np.floating, np.integer)) or not 0 <= float(noise_std) < float("inf"):
+        raise InvalidArgumentError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
     if (aug_smooth or noise_samples) and raw:
-        raise ValueError("raw=True returns per-layer maps; it cannot be combined with aug_smooth or noise_samples")
+        raise InvalidArgumentError("raw=True returns per-layer maps; it cannot be combined with aug_smooth or noise_samples")
     if aug_smooth and noise_samples:
-        raise ValueError("choose one of aug_smooth and noise_samples")
+        raise InvalidArgumentError("choose one of aug_smooth and noise_samples")
     if eigen_smooth and "fullgrad" in names:
-        raise ValueError("eigen_smooth is not supported for 'fullgrad' (it ignores the target layer)")
+        raise InvalidArgumentError("eigen_smooth is not supported for 'fullgrad' (it ignores the target layer)")
     compute_dtype = _compute_dtype(compute_dtype)
     options = _options(method_options, names)
     computed = _with_members(names, dict(options))
@@ -369,9 +384,9 @@ def explainer(model: Model, method: str = "gradcam", layer=None, **options):
     images, parameter randomisation). ``classes`` (N,) int32, or None for the predicted classes; ``options``: the
     static keyword arguments of :func:`explain` (``target``, ``eigen_smooth``, ``batch_size``, ...) except ``raw``."""
     if not isinstance(method, str) or method == "all":
-        raise ValueError(f"explainer takes one method name, got {method!r}")
+        raise InvalidArgumentError(f"explainer takes one method name, got {method!r}")
     if options.get("raw"):
-        raise ValueError("explainer returns final maps; raw=True is not supported")
+        raise InvalidArgumentError("explainer returns final maps; raw=True is not supported")
     cfg, (name,) = _configure(model, method, layer, **options)
     program = _program(model.graphdef, cfg)
     return Explainer(program, name)
@@ -390,10 +405,20 @@ class Explainer:
 
 def _options(method_options, names) -> tuple:
     options = []
+    if not isinstance(method_options, (dict, type(None))):
+        raise InvalidArgumentError(f"method_options must be a dict {{method: {{option: value}}}}, got "
+                                   f"{type(method_options).__name__}")
     for m, opts in (method_options or {}).items():
         if m not in names:
             raise UnknownNameError(m, names, "method_options (methods requested)")
+        if not isinstance(opts, dict):
+            raise InvalidArgumentError(f"method_options[{m!r}] must be a dict {{option: value}}, got "
+                                       f"{type(opts).__name__} {opts!r}")
         for k, v in opts.items():
+            if not METHODS[m].options:
+                raise InvalidArgumentError(f"method_options: method {m!r} takes no options (got {k!r}); methods "
+                                           "with options: " + ", ".join(f"{n} ({', '.join(sp.options)})"
+                                                                        for n, sp in METHODS.items() if sp.options))
             if k not in METHODS[m].options:
                 raise UnknownNameError(k, METHODS[m].options, f"options of {m!r}")
             options.append(((m, k), tuple(v) if isinstance(v, list) else v))

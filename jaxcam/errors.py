@@ -128,9 +128,10 @@ class MaskError(JaxcamError, ValueError):
     """Ground-truth masks or boxes that cannot be used: wrong shape, or empty (a box entirely outside the image)."""
 
 
-class InvalidArgumentError(JaxcamError, ValueError):
+class InvalidArgumentError(JaxcamError, ValueError, TypeError):
     """An argument whose type or value cannot be used (``steps=0``, ``chunk=0``, ``layer=3.0``, ...); the message
-    names the argument, what it got and what it accepts."""
+    names the argument, what it got and what it accepts. Both a ``ValueError`` and a ``TypeError``, so code written
+    against either built-in keeps catching it."""
 
 
 class ImageTooLargeError(ImageFileError):

@@ -16,7 +16,8 @@ import numpy as np
 
 from . import metrics as M
 from ._explain import _resolve_methods, explain
-from .errors import UnknownNameError
+from .errors import InvalidArgumentError, UnknownNameError
+from .keys import as_key
 from .table import Table
 
 
@@ -178,11 +179,14 @@ def evaluate(model, images, methods: str | Sequence[str] = ("gradcam",), metrics
     size = tuple(x.shape[1:3])
     if any(METRICS[m].needs == "masks" for m in metrics):
         if masks is None and boxes is None:
-            raise ValueError("localisation metrics need masks= or boxes= (ground truth at the input size)")
+            need = [m for m in metrics if METRICS[m].needs == "masks"]
+            raise InvalidArgumentError(f"the localisation metric(s) {', '.join(need)} need ground truth: pass masks= or "
+                                       "boxes= (masks (N, H, W) at the input size, or per image one (B, 4) array of "
+                                       "(y0, x0, y1, x1) boxes), or leave these metrics out")
         masks = M.boxes_to_masks(boxes, size) if masks is None else np.asarray(masks)
     maps, _, cls = explain(model, x, list(names), targets, layer, preprocessed=True, key=key,
                            batch_size=batch_size, method_options=dict(method_options or {}), return_logits=True)
-    key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
+    key = as_key(key)
     ctx = _Context(model, x, cls, masks, layer, key, batch_size, dict(method_options or {}))
     rows = []
     n = x.shape[0]

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import ClassIndexError, UnknownNameError
+from .errors import ClassIndexError, InvalidArgumentError, UnknownNameError
 
 Target = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -52,7 +52,7 @@ def _logit_difference(logits, c, weights: str = "softmax"):
     elif weights == "hardest":
         w = jax.nn.one_hot(jnp.argmax(jnp.where(others, logits, -jnp.inf)), logits.shape[0])
     else:
-        raise ValueError(f"unknown logit_difference weights {weights!r}; valid: 'softmax', 'uniform', 'hardest'")
+        raise UnknownNameError(weights, ("softmax", "uniform", "hardest"), "logit_difference weights")
     return logits[c] - jnp.dot(w, logits)
 
 
@@ -93,13 +93,24 @@ def class_indices(targets, n: int, num_classes: int):
     None. Raises :class:`~jaxcam.ClassIndexError` naming the problem (the reference silently truncates)."""
     if targets is None:
         return None
-    arr = np.asarray(targets)
+    try:
+        arr = np.asarray(targets)
+    except (TypeError, ValueError, OverflowError):  # ragged nesting
+        arr = np.asarray(targets, dtype=object)
+    if arr.dtype == object and arr.ndim <= 1 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                     for v in arr.reshape(-1)):
+        big = next(int(v) for v in arr.reshape(-1) if not 0 <= v < num_classes)  # Python ints past int64
+        raise ClassIndexError(f"class index {big} out of range [0, {num_classes}) (the model has {num_classes} "
+                              "classes)")
     if not np.issubdtype(arr.dtype, np.integer) or arr.ndim > 1:
-        raise ClassIndexError(f"targets must be None, a class index or a sequence of class indices, got {targets!r}")
+        what = f"an array of shape {arr.shape}" if arr.ndim > 1 else f"{targets!r} ({type(targets).__name__})"
+        raise ClassIndexError(f"targets must be None, a class index in [0, {num_classes}) or one such index per "
+                              f"image, got {what}")
     arr = np.broadcast_to(arr, (n,)) if arr.ndim == 0 or arr.size == 1 else arr
     if arr.shape != (n,):
         raise ClassIndexError(f"got {arr.size} class indices for {n} images; pass one index or one per image")
     bad = arr[(arr < 0) | (arr >= num_classes)]
     if bad.size:
-        raise ClassIndexError(f"class index {int(bad[0])} out of range [0, {num_classes}) for {n} image(s)")
+        raise ClassIndexError(f"class index {int(bad[0])} out of range [0, {num_classes}) (the model has "
+                              f"{num_classes} classes; {n} image(s))")
     return jnp.asarray(arr, jnp.int32)

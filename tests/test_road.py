@@ -48,7 +48,7 @@ def test_road_api_and_errors():
         road(model, x, cams.at[1, 0, 0].set(jnp.nan))
     with pytest.raises(ValueError, match="percentiles"):
         road(model, x, cams, percentiles=(0, 50))
-    with pytest.raises(ValueError, match="unknown ROAD variant"):
+    with pytest.raises(ValueError, match="unknown name .best. for ROAD variant"):
         road(model, x, cams, which="best")
 
 

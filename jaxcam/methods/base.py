@@ -9,6 +9,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ..errors import InvalidArgumentError, UnknownNameError
+
 
 class Inputs(NamedTuple):
     """One example at one layer. ``grads``/``hvp`` are None unless the method declared it needs them."""
@@ -52,7 +54,7 @@ def first_component(t: jax.Array, sign: str = "max_abs") -> jax.Array:
     if sign == "max_abs":
         return largest_magnitude_positive(proj)
     if sign != "svd":
-        raise ValueError(f"unknown eigen sign rule {sign!r}; valid: 'max_abs', 'svd'")
+        raise UnknownNameError(sign, ("max_abs", "svd"), "eigen_sign")
     return proj
 
 

@@ -10,31 +10,34 @@ Complexity: :func:`sparseness`, :func:`entropy`.
 Stability: :func:`sensitivity`, :func:`local_lipschitz`, and the map similarities of :mod:`.similarity`
 (:func:`compare_maps` over batches; Spearman, Pearson, SSIM, HOG, top-k IoU, normalised L1).
 Statistics: :mod:`.statistics` (Friedman with Nemenyi, Wilcoxon-Holm, Kruskal-Wallis, bootstrap intervals).
-:func:`jaxcam.evaluate` runs methods and metrics together into one tidy table.
+:func:`jaxcam.evaluate` runs methods and metrics together into one tidy table. Every name in
+:data:`jaxcam.METRICS` is also a function here, called as its ``needs`` says: ``(model, x, maps, targets=None)``
+("model"), ``(model, x, method, targets=None)`` ("method"), ``(maps, masks)`` ("masks") or ``(maps)`` ("maps").
 """
 
 from .complexity import entropy, sparseness
 from .confidence import (average_drop, cam_mult_confidence_change, faithfulness_correlation, increase_in_confidence,
                          relative_confidence_drop)
-from .deletion import Curves, deletion_insertion, rise_blur
+from .deletion import Curves, deletion_auc, deletion_insertion, insertion_auc, rise_blur
 from .ensemble import cumulative_residual_effect, subset_scores
 from .inputs import boxes_to_masks
 from .localisation import energy_pointing_game, iou, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
 from .robustness import (ROBUSTNESS_SIMILARITIES, quickshift_regions, rbo, rbo_regions, region_scores,
                          robustness_similarity, summary_table)
 from .robustness import summarise as robustness_summary
-from .road import PERCENTILES, impute, road, road_combined, road_scores
+from .road import PERCENTILES, impute, road, road_combined, road_combined_scores, road_lerf, road_morf, road_scores
 from .sanity import cascading_randomisation, independent_randomisation, randomise, stage_parameters
 from .similarity import (SIMILARITIES, hog, hog_pearson, hog_spearman, normalised_l1, pearson, spearman, spearman_abs,
                          ssim, topk_iou)
 from .similarity import similarity as compare_maps
-from .stability import Sensitivity, local_lipschitz, sensitivity
+from .stability import Sensitivity, avg_sensitivity, local_lipschitz, max_sensitivity, sensitivity
 from .statistics import (bootstrap_ci, bootstrap_table, friedman, kruskal, nemenyi, wilcoxon,
                          wilcoxon_holm)
 
 __all__ = [
     "PERCENTILES", "Curves", "Sensitivity", "average_drop", "boxes_to_masks", "cam_mult_confidence_change",
-    "cumulative_residual_effect", "deletion_insertion", "energy_pointing_game", "entropy", "faithfulness_correlation",
+    "cumulative_residual_effect", "deletion_auc", "deletion_insertion", "insertion_auc", "road_morf", "road_lerf",
+    "road_combined_scores", "max_sensitivity", "avg_sensitivity", "energy_pointing_game", "entropy", "faithfulness_correlation",
     "impute", "increase_in_confidence", "iou", "local_lipschitz", "pointing_game", "relative_confidence_drop",
     "relevance_mass_accuracy", "relevance_rank_accuracy", "rise_blur", "road", "road_combined", "road_scores",
     "sensitivity", "sparseness", "subset_scores", "bootstrap_ci", "bootstrap_table", "friedman", "kruskal", "nemenyi",

@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import targets as targets_mod
-from ..errors import UnknownNameError
+from ..errors import InvalidArgumentError, UnknownNameError
+from ..keys import as_key
 from .inputs import default_batch_size, descending_ranks, model_inputs
 from .similarity import _pearson_vectors
 
@@ -114,7 +115,7 @@ def relative_confidence_drop(model, x, cams, targets=None, *, fraction: float = 
     better (the map found what the class depends on). ``contrast=True`` measures the margin ``p_c - p_d`` over the
     most similar class instead of ``p_c`` (the denominator is clamped at ``eps``)."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        raise InvalidArgumentError(f"fraction must be in (0, 1], got {fraction!r}")
     x, cams, classes = model_inputs(model, x, cams, targets)
     return _finer_drop(model.forward_fn.func, float(fraction), bool(contrast), model.params, x, cams, classes, eps)
 
@@ -146,11 +147,11 @@ def faithfulness_correlation(model, x, cams, targets=None, *, runs: int = 100, s
     """(N,) Pearson correlation between the map's mass on random pixel subsets and the score drop when they are
     removed; higher is better. A constant map or an unmoved score has no correlation to measure: 0."""
     if not isinstance(runs, (int, np.integer)) or runs < 2:
-        raise ValueError(f"runs must be an int >= 2, got {runs!r}")
+        raise InvalidArgumentError(f"runs must be an int >= 2, got {runs!r}")
     x, cams, classes = model_inputs(model, x, cams, targets)
     if not 1 <= subset_size <= x.shape[1] * x.shape[2]:
-        raise ValueError(f"subset_size must be in [1, {x.shape[1] * x.shape[2]}] pixels, got {subset_size!r}")
-    key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
+        raise InvalidArgumentError(f"subset_size must be in [1, {x.shape[1] * x.shape[2]}] pixels, got {subset_size!r}")
+    key = as_key(key)
     return _faithfulness_correlation(model.forward_fn.func, targets_mod.resolve(target), int(runs),
                                      int(subset_size), default_batch_size(batch_size), model.params, x, cams,
                                      classes, key)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import targets as targets_mod
-from ..errors import UnknownNameError
+from ..errors import InvalidArgumentError, UnknownNameError
 from .inputs import default_batch_size, descending_ranks, model_inputs
 
 SUBSTRATES = ("zeros", "black", "blur", "mean")
@@ -83,7 +83,7 @@ def substrate(spec, x: jax.Array, mean, std) -> jax.Array:
     try:
         return jnp.broadcast_to(arr, x.shape)
     except ValueError:
-        raise ValueError(f"substrate of shape {arr.shape} does not broadcast to the input {x.shape}") from None
+        raise InvalidArgumentError(f"substrate of shape {arr.shape} does not broadcast to the input {x.shape}") from None
 
 
 def deletion_insertion(model, x, cams, targets=None, *, steps: int = 20, deletion_substrate="zeros",
@@ -100,7 +100,7 @@ def deletion_insertion(model, x, cams, targets=None, *, steps: int = 20, deletio
     Deletion: lower is better. Insertion: higher is better.
     """
     if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+        raise InvalidArgumentError(f"steps must be a positive int, got {steps!r}")
     x, cams, classes = model_inputs(model, x, cams, targets)
     counts = pixel_counts(x.shape[1] * x.shape[2], int(steps))
     mean, std = model.arch.mean, model.arch.std
@@ -111,6 +111,18 @@ def deletion_insertion(model, x, cams, targets=None, *, steps: int = 20, deletio
                                              default_batch_size(batch_size), model.params, x, cams, classes,
                                              d_sub, i_sub)
     return Curves(fractions, deletion, insertion, auc(deletion, fractions), auc(insertion, fractions))
+
+
+def deletion_auc(model, x, cams, targets=None, **options) -> jax.Array:
+    """The ``deletion_auc`` metric (N,): the deletion curve's AUC from :func:`deletion_insertion` (lower is
+    better). Computing both AUCs? Call :func:`deletion_insertion` once instead."""
+    return deletion_insertion(model, x, cams, targets, **options).deletion_auc
+
+
+def insertion_auc(model, x, cams, targets=None, **options) -> jax.Array:
+    """The ``insertion_auc`` metric (N,): the insertion curve's AUC from :func:`deletion_insertion` (higher is
+    better)."""
+    return deletion_insertion(model, x, cams, targets, **options).insertion_auc
 
 
 def auc(curve: jax.Array, fractions: jax.Array) -> jax.Array:

@@ -20,11 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import InvalidArgumentError
+from ..keys import as_key
 from .. import targets as targets_mod
 from ..methods.multipass import top_fraction_threshold
 from ..table import Table
 from .inputs import check_maps, default_batch_size
-from .road import PERCENTILES, road_combined
+from .road import PERCENTILES, road_combined_scores
 
 
 def all_subsets(names, max_size: int | None = None) -> list[tuple[str, ...]]:
@@ -43,7 +45,7 @@ def _subset_road(stage_range, score, percentiles, noise, batch_size, params, x, 
     def one(w):
         size = w.sum()
         cam = (jnp.einsum("m,mnhw->nhw", w, votes) + delta * jnp.einsum("m,mnhw->nhw", w, stack)) / size
-        return road_combined(forward, score, x, cam, cls, percentiles, noise, key, batch_size)
+        return road_combined_scores(forward, score, x, cam, cls, percentiles, noise, key, batch_size)
 
     return jax.lax.map(one, weights)  # (S, N)
 
@@ -56,7 +58,7 @@ def subset_scores(model, x, member_maps: Mapping[str, jax.Array], targets=None, 
     columns ``subset`` ("a+b"), ``size``, ``image``, ``score``. ``noise``: ROAD's imputation noise (0 makes the
     scores of different subsets directly comparable; the same ``key`` is used for every subset either way)."""
     if not member_maps:
-        raise ValueError("member_maps is empty")
+        raise InvalidArgumentError("member_maps is empty")
     x = model.check_input(x)
     names = list(member_maps)
     stack = jnp.stack([check_maps(member_maps[m], x.shape[0], tuple(x.shape[1:3]), name=f"member_maps[{m!r}]")
@@ -64,7 +66,7 @@ def subset_scores(model, x, member_maps: Mapping[str, jax.Array], targets=None, 
     classes = targets_mod.class_indices(targets, x.shape[0], model.num_classes)
     subsets = all_subsets(names, max_size)
     weights = jnp.asarray([[float(m in s) for m in names] for s in subsets], jnp.float32)
-    key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
+    key = as_key(key)
     scores = np.asarray(_subset_road(model.forward_fn.func, targets_mod.probability, tuple(percentiles),
                                      float(noise), default_batch_size(batch_size), model.params, x, stack, weights,
                                      classes, jnp.float32(k), jnp.float32(delta), key))

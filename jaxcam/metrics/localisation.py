@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import InvalidArgumentError
 from .inputs import boxes_to_masks, check_maps, check_masks, descending_ranks
 
 
@@ -31,10 +32,10 @@ def _inputs(cams, masks=None, boxes=None):
     cams = check_maps(cams)
     size = tuple(cams.shape[1:])
     if (masks is None) == (boxes is None):
-        raise ValueError("pass exactly one of masks= and boxes=")
+        raise InvalidArgumentError("pass exactly one of masks= and boxes=")
     if boxes is not None:
         if len(boxes) != cams.shape[0]:
-            raise ValueError(f"got boxes for {len(boxes)} images and {cams.shape[0]} maps")
+            raise InvalidArgumentError(f"got boxes for {len(boxes)} images and {cams.shape[0]} maps")
         masks = boxes_to_masks(boxes, size)
     return cams, check_masks(masks, cams.shape[0], size)
 
@@ -66,7 +67,7 @@ def pointing_game(cams, masks=None, *, boxes=None, tolerance: float = 0) -> jax.
     """(N,) 1.0 for a hit, 0.0 for a miss."""
     cams, masks = _inputs(cams, masks, boxes)
     if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance!r}")
+        raise InvalidArgumentError(f"tolerance must be >= 0 pixels, got {tolerance!r}")
     return _pointing(cams, masks, float(tolerance))
 
 

@@ -23,6 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import InvalidArgumentError, UnknownNameError
+from ..keys import as_key
+
 PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 _OFFSETS = (((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12), ((0, -1), 1 / 6),
             ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6))
@@ -94,8 +97,8 @@ def road_scores(forward, score, x, cams, cls, percentiles=PERCENTILES, most_rele
     return after.reshape(n_p, n).mean(axis=0) - base
 
 
-def road_combined(forward, score, x, cams, cls, percentiles=PERCENTILES, noise: float = 0.0, key=None,
-                  batch_size: int = 16):
+def road_combined_scores(forward, score, x, cams, cls, percentiles=PERCENTILES, noise: float = 0.0, key=None,
+                         batch_size: int = 16):
     """pytorch-grad-cam's ``ROADCombined``: (LeRF average - MoRF average) / 2, per image."""
     k1, k2 = jax.random.split(jax.random.key(0) if key is None else key)
     lerf = road_scores(forward, score, x, cams, cls, percentiles, False, noise, k1, batch_size)
@@ -118,16 +121,31 @@ def road(model, x, cams, targets=None, *, which: str = "combined", percentiles=P
     from .inputs import default_batch_size, model_inputs
 
     if which not in ("combined", "morf", "lerf"):
-        raise ValueError(f"unknown ROAD variant {which!r}; valid: 'combined', 'morf', 'lerf'")
+        raise UnknownNameError(which, ("combined", "morf", "lerf"), "ROAD variant")
     if not percentiles or not all(0 < p < 100 for p in percentiles):
-        raise ValueError(f"percentiles must be a non-empty sequence of values in (0, 100), got {percentiles!r}")
+        raise InvalidArgumentError(f"percentiles must be a non-empty sequence of values in (0, 100), got {percentiles!r}")
     if space not in ("pixel", "normalised"):
-        raise ValueError(f"unknown noise space {space!r}; valid: 'pixel', 'normalised'")
+        raise UnknownNameError(space, ("pixel", "normalised"), "ROAD noise space")
     x, cams, classes = model_inputs(model, x, cams, targets)
     noise = tuple(float(noise) / s for s in model.arch.std) if space == "pixel" else float(noise)
-    key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
+    key = as_key(key)
     return _road_program(model.forward_fn.func, targets_mod.resolve(target), which, tuple(percentiles),
                          noise, default_batch_size(batch_size))(model.params, x, cams, classes, key)
+
+
+def road_combined(model, x, cams, targets=None, **options) -> jax.Array:
+    """The ``road_combined`` metric (N,): :func:`road` with ``which="combined"`` (higher is better)."""
+    return road(model, x, cams, targets, which="combined", **options)
+
+
+def road_morf(model, x, cams, targets=None, **options) -> jax.Array:
+    """The ``road_morf`` metric (N,): :func:`road` with ``which="morf"`` (most relevant first; lower is better)."""
+    return road(model, x, cams, targets, which="morf", **options)
+
+
+def road_lerf(model, x, cams, targets=None, **options) -> jax.Array:
+    """The ``road_lerf`` metric (N,): :func:`road` with ``which="lerf"`` (least relevant first; higher is better)."""
+    return road(model, x, cams, targets, which="lerf", **options)
 
 
 _PROGRAMS: dict = {}
@@ -140,7 +158,7 @@ def _road_program(stage_range, score, which, percentiles, noise, batch_size):
             forward = jax.tree_util.Partial(stage_range, params)
             cls = jnp.argmax(forward(x), -1) if classes is None else classes
             if which == "combined":
-                return road_combined(forward, score, x, cams, cls, percentiles, noise, key, batch_size)
+                return road_combined_scores(forward, score, x, cams, cls, percentiles, noise, key, batch_size)
             return road_scores(forward, score, x, cams, cls, percentiles, which == "morf", noise, key, batch_size)
         _PROGRAMS[cache_key] = jax.jit(run)
     return _PROGRAMS[cache_key]

@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import ImageDtypeError, ImageError, ImageShapeError, MapError, NonFiniteImageError, UnknownNameError
+from ..errors import (ImageDtypeError, ImageError, ImageShapeError, InvalidArgumentError,
+                      MapError, NonFiniteImageError, UnknownNameError)
 from ..table import Table
 from .similarity import _batched, normalised_l1, pearson, spearman, ssim, topk_iou
 from .statistics import StatisticsError, _as_key, _column, _indices
@@ -113,7 +114,7 @@ def region_scores(cam: jax.Array, labels: jax.Array, num_regions: int, reduce: s
     if reduce not in _REDUCE:
         raise UnknownNameError(reduce, _REDUCE, "region reduce")
     if not isinstance(num_regions, (int, np.integer)) or num_regions < 1:
-        raise ValueError(f"num_regions must be a static positive int, got {num_regions!r}")
+        raise InvalidArgumentError(f"num_regions must be a static positive int, got {num_regions!r}")
     cam, labels = jnp.asarray(cam), jnp.asarray(labels)
     if cam.ndim != 2 or labels.shape != cam.shape:
         raise MapError(f"region_scores takes an (H, W) map and (H, W) labels, got shapes {tuple(cam.shape)} and "
@@ -165,9 +166,9 @@ def rbo(scores_a: jax.Array, scores_b: jax.Array, m, p=DEFAULT_P, depth=None) ->
         raise MapError(f"rbo takes two non-empty (M,) score vectors of the same shape, got {tuple(a.shape)} and "
                        f"{tuple(b.shape)}")
     if isinstance(p, (int, float, np.floating)) and not 0 < p < 1:
-        raise ValueError(f"rbo: p must lie in (0, 1), got {p!r}")
+        raise InvalidArgumentError(f"rbo: p must lie in (0, 1), got {p!r}")
     if isinstance(depth, (int, np.integer)) and depth < 1:
-        raise ValueError(f"rbo: depth must be a positive int or None, got {depth!r}")
+        raise InvalidArgumentError(f"rbo: depth must be a positive int or None, got {depth!r}")
     dt = jnp.result_type(a.dtype, b.dtype, jnp.float32)
     a, b = a.astype(dt), b.astype(dt)
     size = a.shape[0]
@@ -267,7 +268,7 @@ def robustness_similarity(name_or_fn: str | Callable, cams_clean, cams_noisy, la
     if bad.any():
         raise MapError(f"labels of pair(s) {np.flatnonzero(bad).tolist()[:10]} fall outside [0, counts[i])")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        raise InvalidArgumentError(f"batch_size must be a positive int or None, got {batch_size!r}")
     if "num_regions" in _parameters(fn) and options.get("num_regions") is None:
         options["num_regions"] = int(64 * math.ceil(int(cnt.max()) / 64))
     dt = np.result_type(a.dtype, np.float32)

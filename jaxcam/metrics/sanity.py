@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import UnknownLayerError, UnknownNameError
+from ..errors import InvalidArgumentError, UnknownLayerError, UnknownNameError
+from ..keys import as_key
 from ..models.model import Model, StageRange
 from ..table import Table
 from .. import targets as targets_mod
@@ -183,19 +184,13 @@ def _draw(key, path: str, shape: tuple[int, ...], rule: str, fan_in: int) -> np.
     return (flat * np.float32(scale)).astype(np.float32).reshape(shape)
 
 
-def _as_key(key):
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    return key
-
-
 def _fresh(model: Model, leaf_ids: Sequence[int], key, init: str, reset_batch_stats: bool) -> dict[int, jax.Array]:
     """Re-initialised values for the given leaves (``keep`` leaves are left out)."""
     if init not in INITS:
         raise UnknownNameError(init, INITS, "init")
     leaves, _, paths = _leaf_paths(model.params)
     index = {p: j for j, p in enumerate(paths)}
-    key = _as_key(key)
+    key = as_key(key)
     out = {}
     for j in leaf_ids:
         rule = _rule(paths[j], index, init, reset_batch_stats)
@@ -317,23 +312,23 @@ def _maps(model, x, names, custom, classes, layer, key, explain_kwargs) -> dict:
 def _randomisation(mode, model, images, method, *, order, stages, similarities, targets, layer, key, init,
                    reset_batch_stats, preprocessed, explain_kwargs) -> Table:
     if "return_logits" in explain_kwargs:
-        raise TypeError("return_logits cannot be passed through to explain() here (the table holds the targets)")
+        raise InvalidArgumentError("return_logits cannot be passed through to explain() here (the table holds the targets)")
     methods = [method] if isinstance(method, str) or callable(method) else list(method)
     if not methods:
         raise UnknownNameError("(empty list)", ["gradcam", "..."], "method")
     names = [m for m in methods if isinstance(m, str)]
     custom = [(_fn_name(m), m) for m in methods if not isinstance(m, str)]
     if "all" in names and len(names) > 1:
-        raise ValueError("method='all' cannot be combined with other method names")
+        raise InvalidArgumentError("method='all' cannot be combined with other method names")
     sims = _resolve_similarities(similarities)
     layers = [layer] if layer is None or isinstance(layer, (str, int, np.integer)) else list(layer)
     cam_idx = tuple(model.layer_index(ly) for ly in layers)
     if explain_kwargs.get("raw") and len(cam_idx) > 1:
-        raise ValueError("raw=True with several layers gives one map per layer; pick one layer for sanity checks")
+        raise InvalidArgumentError("raw=True with several layers gives one map per layer; pick one layer for sanity checks")
     groups = _groups(model, stages, order)
     x = model.check_input(images if preprocessed else model.preprocess(images))
     classes = targets_mod.class_indices(targets, x.shape[0], model.num_classes)
-    key = _as_key(key)
+    key = as_key(key)
 
     if classes is None:  # the original model's predictions, fixed for every step (and one explain program)
         classes = jnp.argmax(model.forward_fn(x), axis=-1).astype(jnp.int32)

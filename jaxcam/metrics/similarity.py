@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import MapError, UnknownNameError
+from ..errors import InvalidArgumentError, MapError, UnknownNameError
 
 CONSTANT_VALUE = 0.0  # the correlation reported when either map (or HOG vector) is constant
 BLOCK_NORMS = ("L1", "L1-sqrt", "L2", "L2-Hys")
@@ -147,10 +147,10 @@ def ssim(a: jax.Array, b: jax.Array, *, data_range: float = 1.0, gaussian_weight
     """
     a, b = _check_pair(a, b, "ssim")
     if not data_range > 0:
-        raise ValueError(f"ssim: data_range must be > 0, got {data_range!r}")
+        raise InvalidArgumentError(f"ssim: data_range must be > 0, got {data_range!r}")
     if gaussian_weights:
         if win_size is not None:
-            raise ValueError("ssim: with gaussian_weights=True the window is set by sigma (2 * int(3.5 sigma + 0.5) "
+            raise InvalidArgumentError("ssim: with gaussian_weights=True the window is set by sigma (2 * int(3.5 sigma + 0.5) "
                              "+ 1 pixels); leave win_size=None")
         radius = int(3.5 * sigma + 0.5)
         kernel = _gaussian_kernel(sigma, radius)
@@ -158,7 +158,7 @@ def ssim(a: jax.Array, b: jax.Array, *, data_range: float = 1.0, gaussian_weight
     else:
         win_size = 7 if win_size is None else int(win_size)
         if win_size < 1 or win_size % 2 != 1:
-            raise ValueError(f"ssim: win_size must be a positive odd int, got {win_size!r}")
+            raise InvalidArgumentError(f"ssim: win_size must be a positive odd int, got {win_size!r}")
         kernel = np.full(win_size, 1.0 / win_size)
     if min(a.shape) < win_size:
         raise MapError(f"ssim: maps of shape {tuple(a.shape)} are smaller than the {win_size}x{win_size} "
@@ -265,7 +265,7 @@ def hog_spearman(a: jax.Array, b: jax.Array, *, orientations: int = 9, pixels_pe
 def topk_count(n: int, fraction: float) -> int:
     """The number of pixels :func:`topk_iou` keeps: ``round(fraction * n)`` (half to even), at least 1."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"topk_iou: fraction must be in (0, 1], got {fraction!r}")
+        raise InvalidArgumentError(f"topk_iou: fraction must be in (0, 1], got {fraction!r}")
     return max(1, min(n, round(fraction * n)))
 
 
@@ -348,7 +348,7 @@ def similarity(name_or_fn: str | Callable, a, b, *, batch_size: int | None = Non
         raise MapError(f"similarity({label!r}) takes two non-empty (N, H, W) stacks of the same shape, got "
                               f"{tuple(a.shape)} and {tuple(b.shape)}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        raise InvalidArgumentError(f"batch_size must be a positive int or None, got {batch_size!r}")
     a, b = a.astype(jnp.result_type(a.dtype, jnp.float32)), b.astype(jnp.result_type(b.dtype, jnp.float32))
     if not bool(jnp.isfinite(a).all() & jnp.isfinite(b).all()):
         raise MapError(f"similarity({label!r}): the maps hold NaN or infinite values")

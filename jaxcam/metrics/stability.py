@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import InvalidArgumentError
+from ..keys import as_key
 from ..targets import class_indices
 
 
@@ -32,13 +34,13 @@ class Sensitivity(NamedTuple):
 
 def _setup(model, x, method, targets, layer, samples, key, options):
     if not isinstance(samples, (int, np.integer)) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
+        raise InvalidArgumentError(f"samples must be a positive int, got {samples!r}")
     from .._explain import explainer  # the methods engine imports metrics.road: import it at call time
 
     fn = explainer(model, method, layer, **options)
     x = model.check_input(x)
     classes = class_indices(targets, x.shape[0], model.num_classes)
-    key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
+    key = as_key(key)
     return fn, x, classes, key
 
 
@@ -71,17 +73,27 @@ def sensitivity(model, x, method: str = "gradcam", targets=None, *, layer=None, 
     ``explain_options`` are passed to the method (see :func:`jaxcam.explain`). Quantus draws 200 samples; the
     default here is 10 (each sample is one full explain call over the batch)."""
     if radius <= 0:
-        raise ValueError(f"radius must be > 0, got {radius!r}")
+        raise InvalidArgumentError(f"radius must be > 0, got {radius!r}")
     fn, x, classes, key = _setup(model, x, method, targets, layer, samples, key, explain_options)
     r = _stability(model.forward_fn.func, fn, "uniform", int(samples), float(radius), model.params, x, classes, key)
     return Sensitivity(r.max(axis=0), r.mean(axis=0))
+
+
+def max_sensitivity(model, x, method: str = "gradcam", targets=None, **options) -> jax.Array:
+    """The ``max_sensitivity`` metric (N,): the ``max`` of :func:`sensitivity` (lower is more stable)."""
+    return sensitivity(model, x, method, targets, **options).max
+
+
+def avg_sensitivity(model, x, method: str = "gradcam", targets=None, **options) -> jax.Array:
+    """The ``avg_sensitivity`` metric (N,): the ``avg`` of :func:`sensitivity` (lower is more stable)."""
+    return sensitivity(model, x, method, targets, **options).avg
 
 
 def local_lipschitz(model, x, method: str = "gradcam", targets=None, *, layer=None, std: float = 0.1,
                     samples: int = 10, key=0, **explain_options) -> jax.Array:
     """(N,) local Lipschitz estimate of ``method``'s maps; lower is more stable."""
     if std <= 0:
-        raise ValueError(f"std must be > 0, got {std!r}")
+        raise InvalidArgumentError(f"std must be > 0, got {std!r}")
     fn, x, classes, key = _setup(model, x, method, targets, layer, samples, key, explain_options)
     r = _stability(model.forward_fn.func, fn, "gaussian", int(samples), float(std), model.params, x, classes, key)
     return r.max(axis=0)

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from ..errors import JaxcamError, UnknownNameError
+from ..errors import InvalidArgumentError, JaxcamError, UnknownNameError
+from ..keys import as_key
 from ..table import Table
 
 __all__ = [
@@ -456,17 +457,12 @@ class BootstrapResult:
 
 def _as_key(key):
     """A JAX PRNG key from a key (typed or legacy uint32[2]) or an int seed; nothing implicit."""
-    if isinstance(key, (bool, np.bool_)) or key is None:
-        raise StatisticsError(f"key must be a jax.random key or an int seed, got {key!r}")
-    if isinstance(key, (int, np.integer)):
-        return jax.random.key(int(key))
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and key.shape == ():
-        return key
-    if dtype == np.uint32 and getattr(key, "shape", None) == (2,):
-        return jax.random.wrap_key_data(key)
-    raise StatisticsError(f"key must be a single jax.random key or an int seed, got {type(key).__name__} "
-                          f"with shape {getattr(key, 'shape', None)}")
+    if key is None:
+        raise StatisticsError("key must be a jax.random key or an int seed, got None")
+    try:
+        return as_key(key)
+    except InvalidArgumentError as exc:
+        raise StatisticsError(str(exc)) from None
 
 
 _BLOCK = 2 ** 18  # random words per jax call: one compiled shape whatever the data size
