@@ -86,6 +86,16 @@ def test_quantus_map_metrics():
     np.testing.assert_allclose(M.entropy(cams), G["q_complexity_raw"], atol=1e-4)
 
 
+def test_quantus_complexity_does_not_broadcast_channels():
+    """Quantus 0.6.0's Complexity on (N, 1, H, W) maps beside (N, 3, H, W) images is entropy(channels=1): it does not
+    repeat the map over the image's channels (which would add log 3). Pinned on every golden variant, so the
+    docstring's parity note cannot drift again."""
+    assert tuple(G["q_complexity_raw_a_shape"]) == (4, 1, 64, 64) and G["x"].shape[-1] == 3
+    for variant, maps in (("raw", G["cams"]), ("default", G["cams"]), ("default_signed", G["q_signed_maps"])):
+        np.testing.assert_allclose(M.entropy(maps, channels=1), G[f"q_complexity_{variant}"], atol=1e-4)
+        np.testing.assert_allclose(M.entropy(maps, channels=3) - G[f"q_complexity_{variant}"], np.log(3), atol=1e-4)
+
+
 @pytest.mark.torch
 def test_live_torchcam_metrics_and_cam_mult(setup):
     """The references themselves, on other maps (the goldens' maps flipped, a smooth ramp), when torch is here."""

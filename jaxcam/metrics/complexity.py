@@ -2,12 +2,14 @@
 
 - :func:`sparseness` (Chalasani et al., ICML 2020; Quantus ``Sparseness``): the Gini index of ``|a| + eps`` over the
   pixels, ``sum_i (2i - n - 1) a_(i) / (n sum_i a_(i))`` with ``a`` sorted ascending; 1 = all mass on one pixel, 0 =
-  uniform. Higher is sparser. (The Gini index is invariant to repeating every value, so Quantus' broadcast of a
-  one-channel map to three channels does not change it.)
+  uniform. Higher is sparser. Matches Quantus 0.6.0 on (N, 1, H, W) maps.
 - :func:`entropy` (Bhatt et al., IJCAI 2020; Quantus ``Complexity``): the Shannon entropy (nats) of
-  ``p = |a| / sum |a|`` over the pixels; lower is simpler. Quantus computes it on the map broadcast to the image's C
-  channels, which adds ``log C``: pass ``channels=3`` for its number. An all-zero map is treated as uniform (the
-  maximal entropy, ``log n``), as ``|a| + eps`` with any eps > 0 makes it.
+  ``p = |a| / sum |a|`` over the pixels; lower is simpler. Matches Quantus 0.6.0 with the default ``channels=1``:
+  Quantus does not broadcast a one-channel map to the image's channels (its preprocessing only adds the channel
+  axis), so an (N, 1, H, W) map beside (N, 3, H, W) images gives exactly this number, checked against the committed
+  Quantus goldens. ``channels=C`` is the entropy of the map repeated over C channels (``+ log C``), for comparison
+  with a tool that explains each channel separately; it is not Quantus' number. An all-zero map is treated as
+  uniform (the maximal entropy, ``log n``), as ``|a| + eps`` with any eps > 0 makes it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ..errors import InvalidArgumentError
 from .inputs import check_maps
 
 
@@ -44,7 +47,8 @@ def _entropy(cams, log_channels):
 
 
 def entropy(cams, *, channels: int = 1) -> jax.Array:
-    """(N,) Shannon entropy (nats) of each map's normalised absolute values; ``channels`` as in the module docs."""
-    if channels < 1:
-        raise ValueError(f"channels must be >= 1, got {channels!r}")
+    """(N,) Shannon entropy (nats) of each map's normalised absolute values. ``channels=1`` (default) is Quantus
+    0.6.0's ``Complexity``; ``channels=C`` adds ``log C`` (the map repeated over C channels; see the module docs)."""
+    if not isinstance(channels, (int,)) or isinstance(channels, bool) or channels < 1:
+        raise InvalidArgumentError(f"channels must be >= 1, got {channels!r}")
     return _entropy(check_maps(cams), jnp.log(jnp.float32(channels)))
