@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 
 from .data import RESIZE_MODES, SAMPLE_IMAGES, resize, sample_images, to_rgb
-from .errors import ImageError, ImageFileError, JaxcamError, MissingDependencyError, UnknownNameError
+from .errors import (EmptySourceError, ImageError, ImageFileError, InvalidArgumentError, JaxcamError,
+                     MissingDependencyError, UnknownNameError)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 ON_ERROR = ("raise", "skip")
@@ -59,6 +60,10 @@ __all__ = [
 
 class DatasetNotPreparedError(JaxcamError, FileNotFoundError):
     """A tensorflow-datasets dataset that is not prepared in its data_dir, and download=False."""
+
+
+class EmptyFolderError(EmptySourceError, ImageFileError):
+    """A folder without image files: an empty source, and (as before) an image-file error naming the folder."""
 
 
 @dataclass(frozen=True)
@@ -105,12 +110,12 @@ class ImageSource:
         (its stop is the largest int64); iteration ends with the data."""
         index, count = _check_shard(shard)
         if not isinstance(start, (int, np.integer)) or isinstance(start, bool) or start < 0:
-            raise ValueError(f"start must be a non-negative integer, got {start!r}")
+            raise InvalidArgumentError(f"start must be a non-negative integer, got {start!r}")
         n = self._length()
         if stop is None:
             stop = n if n is not None else np.iinfo(np.int64).max
         elif not isinstance(stop, (int, np.integer)) or isinstance(stop, bool) or stop < start:
-            raise ValueError(f"stop must be None or an integer >= start ({start}), got {stop!r}")
+            raise InvalidArgumentError(f"stop must be None or an integer >= start ({start}), got {stop!r}")
         elif n is not None:
             stop = min(int(stop), n)
         first = int(start) + (index - int(start)) % count
@@ -118,7 +123,8 @@ class ImageSource:
 
     def batches(self, batch_size: int, *, size: int = 224, resize_mode: str = "stretch", start: int = 0,
                 stop: int | None = None, shard: tuple[int, int] = (0, 1), skip_ids: Collection = (),
-                workers: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                workers: int = 0, on_skip: Callable[[int, Any, ImageError], None] | None = None
+                ) -> Iterator[dict[str, np.ndarray]]:
         """Yield batches ``{"id", "index", "image", "label"}`` (module docstring) of ``batch_size`` items.
 
         ``size``/``resize_mode``: as :func:`jaxcam.data.resize` (``"stretch"`` or ``"center_crop"``).
@@ -126,20 +132,22 @@ class ImageSource:
         resizes that many items at once in threads (PIL and tfds' readers release the GIL); the order and the
         output do not depend on it.
         Unreadable images raise :class:`~jaxcam.ImageFileError` naming the item, or, for a source built with
-        ``on_error="skip"``, are left out with a ``warnings.warn`` naming it.
+        ``on_error="skip"``, are left out with a ``warnings.warn`` naming it; ``on_skip(position, id, error)``, when
+        given, is called instead of the warning (a caller that records what was left out, and reports it once).
         """
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"size must be a positive integer, got {size!r}")
+            raise InvalidArgumentError(f"size must be a positive integer, got {size!r}")
         if resize_mode not in RESIZE_MODES:
             raise UnknownNameError(resize_mode, RESIZE_MODES, "resize_mode")
         if not isinstance(workers, (int, np.integer)) or workers < 0:
-            raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+            raise InvalidArgumentError(f"workers must be a non-negative integer, got {workers!r}")
         positions = self.positions(start, stop, shard)  # validates start/stop/shard before the first item
-        return self._batches(int(batch_size), int(size), resize_mode, positions, frozenset(skip_ids), int(workers))
+        return self._batches(int(batch_size), int(size), resize_mode, positions, frozenset(skip_ids), int(workers),
+                             on_skip)
 
-    def _batches(self, batch_size, size, mode, positions, skip, workers):
+    def _batches(self, batch_size, size, mode, positions, skip, workers, on_skip=None):
         records = (r for r in self._records(positions) if r.id is None or r.id not in skip)
         pool = ThreadPoolExecutor(workers) if workers > 1 else None
         pending: list[tuple] = []
@@ -150,6 +158,9 @@ class ImageSource:
                     if isinstance(out, ImageError):
                         if self.on_error == "raise":
                             raise out
+                        if on_skip is not None:
+                            on_skip(rec.position, rec.id, out)
+                            continue
                         warnings.warn(f"{self.name}: skipping item {rec.position}"
                                       f"{'' if rec.id is None else f' ({rec.id!r})'}: {out}", stacklevel=2)
                     elif out[1] not in skip:
@@ -168,9 +179,10 @@ def _check_shard(shard) -> tuple[int, int]:
     try:
         index, count = (int(v) for v in shard)
     except (TypeError, ValueError):
-        raise ValueError(f"shard must be a pair (index, count), got {shard!r}") from None
+        raise InvalidArgumentError(f"shard must be a pair (index, count), got {shard!r}") from None
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard must be (index, count) with count >= 1 and 0 <= index < count, got {shard!r}")
+        raise InvalidArgumentError(
+            f"shard must be (index, count) with count >= 1 and 0 <= index < count, got {shard!r}")
     return index, count
 
 
@@ -208,7 +220,8 @@ class _SampleSource(ImageSource):
     def __init__(self, names: Sequence[str]):
         names = tuple(names)
         if not names:
-            raise ValueError("sample_source: names is empty")
+            raise EmptySourceError("sample_source: names is empty; give at least one of "
+                                   + ", ".join(SAMPLE_IMAGES))
         for n in names:
             if n not in SAMPLE_IMAGES:
                 sample_images([n])  # raises ImageFileError listing the valid names if n is not a photo
@@ -237,7 +250,8 @@ class _ArraySource(ImageSource):
         self.ids = list(range(len(self.images))) if ids is None else list(ids)
         self.labels = [-1] * len(self.images) if labels is None else [int(v) for v in labels]
         if not (len(self.ids) == len(self.labels) == len(self.images)):
-            raise ValueError(f"array_source: {len(self.images)} images, {len(self.ids)} ids, {len(self.labels)} labels")
+            raise InvalidArgumentError(
+                f"array_source: {len(self.images)} images, {len(self.ids)} ids, {len(self.labels)} labels")
         self.name = name
 
     def _length(self) -> int:
@@ -260,6 +274,10 @@ def as_source(obj) -> ImageSource:
         return obj
     if isinstance(obj, str):
         return get_source(obj)
+    if isinstance(obj, (bytes, os.PathLike)) or not (isinstance(obj, np.ndarray) or hasattr(obj, "__iter__")):
+        raise InvalidArgumentError(
+            f"source must be an ImageSource, a spec string ('sample', 'folder:DIR', 'tfds:NAME[:SPLIT]') or a list "
+            f"or array of images, got {type(obj).__name__}; for a folder pass 'folder:' + path")
     return array_source(obj)
 
 
@@ -291,7 +309,8 @@ class _FolderSource(ImageSource):
                     files.append(f if rel_dir == "." else os.path.join(rel_dir, f).replace(os.sep, "/"))
         self.files = tuple(sorted(files))
         if not self.files:
-            raise ImageFileError(f"no image files ({', '.join(exts)}) under {self.root!r}")
+            raise EmptyFolderError(f"no image files ({', '.join(exts)}) under {self.root!r}: the source is empty; "
+                                   "add images or give another folder")
         if labels_from == "subdirectory":
             self.classes = tuple(sorted(d.name for d in os.scandir(self.root)
                                         if d.is_dir() and not d.name.startswith(".")))
@@ -518,19 +537,20 @@ def get_source(spec, **options) -> ImageSource:
     if isinstance(spec, ImageSource):
         return spec
     if not isinstance(spec, str):
-        raise TypeError(f"dataset spec must be a string or an ImageSource, got {type(spec).__name__}")
+        raise InvalidArgumentError(f"dataset spec must be a string or an ImageSource, got {type(spec).__name__}")
     scheme, _, rest = spec.partition(":")
     if scheme == "sample":
         names = [n.strip() for n in rest.split(",") if n.strip()] if rest else list(SAMPLE_IMAGES)
         return sample_source(names, **options)
     if scheme == "folder":
         if not rest:
-            raise ValueError(f"dataset spec {spec!r}: give the folder, as folder:PATH")
+            raise InvalidArgumentError(f"dataset spec {spec!r}: give the folder, as folder:PATH")
         return folder_source(rest, **options)
     if scheme == "tfds":
         m = _TFDS_SPEC.match(rest)
         if not rest or m is None:
-            raise ValueError(f"dataset spec {spec!r}: expected tfds:NAME[:SPLIT], e.g. tfds:imagenette:validation")
+            raise InvalidArgumentError(
+                f"dataset spec {spec!r}: expected tfds:NAME[:SPLIT], e.g. tfds:imagenette:validation")
         if m["split"] is not None:
             options.setdefault("split", m["split"])
         return tfds_source(m["name"], **options)
