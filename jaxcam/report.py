@@ -23,6 +23,7 @@ import datetime
 import html
 import math
 import os
+import string
 
 import numpy as np
 
@@ -91,13 +92,27 @@ def _cell(value, digits: int) -> tuple[str, bool]:
 
 
 def parse_markdown_table(text: str) -> tuple[list[str], list[list[str]]]:
-    """``(header, rows)`` of a pipe table (``| a | b |`` lines, the ``|---|`` rule after the header)."""
+    """``(header, rows)`` of a pipe table (``| a | b |`` lines, the ``|---|`` rule after the header), its cells
+    unescaped as :meth:`Table.to_markdown` escapes them (``\\|`` is a pipe inside a cell, ``&lt;`` a ``<``), so a
+    name that holds a pipe or HTML reads back as written and is escaped once, for HTML, in the page."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     if len(lines) < 2 or not all(ln.startswith("|") for ln in lines):
         raise ReportError("a markdown table needs a header line and a '|---|' rule, every line starting with '|'")
 
     def cells(line: str) -> list[str]:
-        return [c.strip() for c in line.strip().strip("|").split("|")]
+        out, cell, chars = [], [], iter(line.strip()[1:])
+        for ch in chars:
+            if ch == "\\":  # markdown escapes punctuation only (\\| is a pipe inside the cell; C:\\x stays)
+                nxt = next(chars, "")
+                cell.append(nxt if nxt in string.punctuation else ch + nxt)
+            elif ch == "|":
+                out.append(cell)
+                cell = []
+            else:
+                cell.append(ch)
+        if "".join(cell).strip():  # a row without its closing pipe
+            out.append(cell)
+        return [html.unescape("".join(c)).strip() for c in out]
 
     header, rule = cells(lines[0]), cells(lines[1])
     if not all(set(c) <= set("-: ") and "-" in c for c in rule):

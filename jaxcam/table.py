@@ -2,6 +2,10 @@
 
 Every evaluation in jaxcam (metrics, statistical tests, robustness grids) returns a :class:`Table`. It needs nothing
 beyond NumPy; ``to_pandas()`` hands it to pandas when that is installed, ``to_csv``/``to_markdown`` write it out.
+
+Cells can hold untrusted text (image file names, dataset ids), so both writers escape for their format: a CSV text
+cell that a spreadsheet would run as a formula gets a leading ``'`` (:func:`csv_cell`), and markdown text cannot
+break the table, inject HTML or turn into a link (:func:`escape_markdown`).
 """
 
 from __future__ import annotations
@@ -9,9 +13,34 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+
+# OWASP's CSV injection list: a cell starting with one of these is a formula (or starts one) in Excel/LibreOffice
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_MARKDOWN_SPECIAL = {"\\": "\\\\", "|": "\\|", "`": "\\`", "]": "\\]", "<": "&lt;", ">": "&gt;", "&": "&amp;",
+                     "\r\n": " ", "\n": " ", "\r": " "}
+# a "]" opens a link or image only when "(" or "[" follows it: escaping those keeps "C [95% CI]" readable
+_MARKDOWN_RE = re.compile(r"\r\n|[\\|`<>&\n\r]|\](?=[(\[])")
+
+
+def csv_cell(value):
+    """``value`` safe to open in a spreadsheet: text starting with ``= + - @``, a tab or a carriage return gets a
+    leading ``'`` (OWASP's advice against CSV injection), so ``=1+2.png`` stays text instead of running as a
+    formula. Numbers, and text that is a plain decimal number such as ``-0.5``, are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def escape_markdown(text) -> str:
+    """``text`` as one inert markdown table cell or line: backslashes, pipes, backticks and a ``]`` that would close
+    a link (``](`` or ``][``) escaped with a backslash, ``< > &`` as HTML entities (no raw HTML such as
+    ``<img onerror=...>``, no autolink), line breaks as spaces."""
+    return _MARKDOWN_RE.sub(lambda m: _MARKDOWN_SPECIAL[m.group(0)], str(text))
 
 
 class Table:
@@ -74,11 +103,12 @@ class Table:
         return pd.DataFrame({k: v for k, v in self._cols.items()})
 
     def to_csv(self, path=None) -> str:
-        """CSV text (written to ``path`` as well when one is given)."""
+        """CSV text (written to ``path`` as well when one is given); text cells that a spreadsheet would read as a
+        formula are escaped (:func:`csv_cell`)."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(self.columns)
-        w.writerows([r[c] for c in self.columns] for r in self.rows())
+        w.writerow([csv_cell(c) for c in self.columns])
+        w.writerows([csv_cell(r[c]) for c in self.columns] for r in self.rows())
         text = buf.getvalue()
         if path is not None:
             with open(path, "w", newline="") as f:
@@ -86,12 +116,13 @@ class Table:
         return text
 
     def to_markdown(self, digits: int = 4) -> str:
+        """A pipe table; floats with ``digits`` significant digits, text escaped (:func:`escape_markdown`)."""
         def fmt(v):
             if isinstance(v, float):
                 return "nan" if math.isnan(v) else f"{v:.{digits}g}"
-            return str(v)
+            return escape_markdown(v)
 
-        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines = ["| " + " | ".join(map(escape_markdown, self.columns)) + " |", "|" + "---|" * len(self.columns)]
         lines += ["| " + " | ".join(fmt(r[c]) for c in self.columns) + " |" for r in self.rows()]
         return "\n".join(lines)
 
