@@ -8,10 +8,14 @@ in a :class:`jaxcam.report.Report`:
 - :func:`picture_grid`: a labelled grid of RGB pictures (clean versus noisy map overlays, for instance);
 - :func:`metric_means`: per-method means of each metric, one panel per metric (``jaxcam evaluate``);
 - :func:`randomisation_curves`: similarity to the trained model's maps against the randomisation step.
+
+Every text comes from the tables, and may come from a file name: it is drawn as written (never as mathtext) with
+the characters the font lacks as escapes (:func:`jaxcam.viz.drawable_text`), so no name stops or warns a figure.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 
@@ -19,6 +23,17 @@ import numpy as np
 
 from .errors import MissingDependencyError
 from .table import Table
+from .viz import drawable_text as _text
+from .viz import plain_text
+
+
+def _plain(fn):
+    """Run a figure function with mathtext off (see :func:`jaxcam.viz.plain_text`)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with plain_text():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def _figure(width: float, height: float):
@@ -55,6 +70,7 @@ def _mean(values) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
+@_plain
 def rm_by_noise(summary: Table) -> bytes:
     """Grouped bars: for each noise, each method's RM averaged over the severities of ``summary`` (the table of
     :func:`jaxcam.robustness.summarise`: columns method, noise, severity, rm)."""
@@ -65,8 +81,8 @@ def rm_by_noise(summary: Table) -> bytes:
     x = np.arange(len(noises))
     for j, m in enumerate(methods):
         vals = [_mean(summary.where(method=m, noise=n)["rm"]) for n in noises]
-        ax.bar(x + j * width, vals, width, label=m)
-    ax.set_xticks(x + 0.4 - width / 2, noises)
+        ax.bar(x + j * width, vals, width, label=_text(m))
+    ax.set_xticks(x + 0.4 - width / 2, [_text(n) for n in noises])
     ax.set_ylabel("RM (mean over severities)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncols=min(len(methods), 3))
@@ -74,13 +90,14 @@ def rm_by_noise(summary: Table) -> bytes:
     return _png(fig)
 
 
+@_plain
 def similarity_vs_severity(rows: Table, similarity: str = "similarity") -> bytes:
     """Mean ``value`` (the clean-vs-noisy similarity) against severity, one line per method, one panel per noise;
     ``rows``: the tidy rows of :func:`jaxcam.robustness.run`."""
     fig, axes = _mean_lines(rows, "noise", "severity", "severity")
     for ax, n in zip(axes, _ordered(rows["noise"])):
         ax.set_xticks(sorted(set(rows.where(noise=n)["severity"].tolist())))
-    axes[0].set_ylabel(f"mean {similarity}")
+    axes[0].set_ylabel(_text(f"mean {similarity}"))
     fig.tight_layout()
     return _png(fig)
 
@@ -95,13 +112,14 @@ def _mean_lines(table: Table, panel: str, x: str, xlabel: str):
         for m in methods:
             sub = table.where(**{panel: p, "method": m})
             xs = sorted(set(sub[x].tolist()))
-            ax.plot(xs, [_mean(sub.where(**{x: v})["value"]) for v in xs], marker="o", label=m)
-        ax.set_title(p)
+            ax.plot(xs, [_mean(sub.where(**{x: v})["value"]) for v in xs], marker="o", label=_text(m))
+        ax.set_title(_text(p))
         ax.set_xlabel(xlabel)
     axes[-1].legend(fontsize=7)
     return fig, axes
 
 
+@_plain
 def picture_grid(pictures: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
                  column_labels: Sequence[str], notes: Sequence[Sequence[str]] | None = None,
                  cell: float = 1.7) -> bytes:
@@ -123,15 +141,16 @@ def picture_grid(pictures: Sequence[Sequence[np.ndarray]], row_labels: Sequence[
             if j < len(pictures[i]):
                 ax.imshow(np.asarray(pictures[i][j]))
             if notes is not None and j < len(notes[i]) and notes[i][j]:
-                ax.set_xlabel(notes[i][j], fontsize=7, labelpad=1)
+                ax.set_xlabel(_text(notes[i][j]), fontsize=7, labelpad=1)
             if i == 0:
-                ax.set_title(column_labels[j], fontsize=8)
+                ax.set_title(_text(column_labels[j]), fontsize=8)
             if j == 0:
-                ax.set_ylabel(row_labels[i], fontsize=8)
+                ax.set_ylabel(_text(row_labels[i]), fontsize=8)
     fig.tight_layout(pad=0.4)
     return _png(fig, dpi=90, palette=True)
 
 
+@_plain
 def metric_means(rows: Table) -> bytes:
     """One panel per metric: each method's mean value over the images, with the standard error as an error bar;
     ``rows``: the tidy table of :func:`jaxcam.evaluate` (method, metric, value, higher_is_better)."""
@@ -150,15 +169,16 @@ def metric_means(rows: Table) -> bytes:
             means.append(v.mean() if v.size else np.nan)
             errs.append(v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else 0.0)
         ax.bar(np.arange(len(methods)), means, yerr=errs, color=[f"C{i}" for i in range(len(methods))])
-        ax.set_xticks(np.arange(len(methods)), methods, rotation=45, ha="right", fontsize=7)
+        ax.set_xticks(np.arange(len(methods)), [_text(m) for m in methods], rotation=45, ha="right", fontsize=7)
         better = "higher" if bool(np.asarray(sub["higher_is_better"])[0]) else "lower"
-        ax.set_title(f"{metric} ({better} is better)", fontsize=8)
+        ax.set_title(_text(f"{metric} ({better} is better)"), fontsize=8)
     for k in range(len(metrics), n_rows * n_cols):
         axes[k // n_cols][k % n_cols].set_visible(False)
     fig.tight_layout()
     return _png(fig)
 
 
+@_plain
 def randomisation_curves(table: Table) -> bytes:
     """Mean similarity to the trained model's maps against the randomisation step, one line per method, one panel
     per similarity measure; ``table``: :func:`jaxcam.metrics.sanity.cascading_randomisation`'s rows."""

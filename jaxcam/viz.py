@@ -5,11 +5,15 @@ object API with the Agg renderer; no JAX, no pyplot state).
 - :func:`resize_map`: bilinear resize of a map;
 - :func:`overlay`: the photograph with the heat map blended on top;
 - :func:`png_bytes`: an RGB array as PNG file contents;
-- :func:`grid_figure`: rows of images x columns of maps as one titled figure with a colour bar, PNG bytes.
+- :func:`grid_figure`: rows of images x columns of maps as one titled figure with a colour bar, PNG bytes;
+- :func:`drawable_text`, :func:`plain_text`: figure text from untrusted names (file names, dataset ids) that draws
+  without a warning and is never parsed as mathtext.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 from collections.abc import Mapping, Sequence
 
@@ -33,6 +37,50 @@ def _colormap(name: str):
         names = [n for n in COMMON_CMAPS if n in matplotlib.colormaps]
         names += sorted(n for n in matplotlib.colormaps if not n.endswith("_r") and n not in names)
         raise UnknownNameError(name, names, "colormap (each also reversed as <name>_r)") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _charmap(path: str) -> frozenset:
+    from matplotlib.ft2font import FT2Font
+
+    return frozenset(FT2Font(path).get_charmap())
+
+
+def _font_paths() -> tuple[str, ...]:
+    """The font files matplotlib draws default text with, its fallback chain included (rcParams' font.family and
+    the families it names, e.g. font.sans-serif: add a CJK font there and its glyphs are used)."""
+    from matplotlib import font_manager
+
+    props = font_manager.FontProperties()
+    find = getattr(font_manager.fontManager, "_find_fonts_by_props", None)  # the fallback chain text uses
+    try:
+        paths = find(props) if find is not None else [font_manager.findfont(props)]
+    except (ValueError, RuntimeError):  # pragma: no cover - no usable font at all
+        paths = [font_manager.findfont(props)]
+    return tuple(str(p) for p in paths)
+
+
+def drawable_text(text) -> str:
+    """``text`` with every character that the figure fonts lack written as its escape (``猫`` -> ``\\u732b``,
+    a control character -> ``\\x1b``), so a CJK or emoji file name draws as readable ASCII instead of empty boxes
+    and matplotlib's "Glyph ... missing from font(s)" warnings; line breaks are kept. With a font that has the
+    glyphs in matplotlib's font.sans-serif list, they are drawn as they are."""
+    text = str(text)
+    if text.isascii() and text.isprintable():
+        return text
+    charmaps = [_charmap(p) for p in _font_paths()]
+    return "".join(c if c == "\n" or (c.isprintable() and any(ord(c) in m for m in charmaps))
+                   else c.encode("unicode_escape", "backslashreplace").decode("ascii") for c in text)
+
+
+@contextlib.contextmanager
+def plain_text():
+    """Figure text is drawn as written: a ``$`` in a file name never starts mathtext (``a$\\frac$.png`` would
+    stop the figure with a parse error), for every text created and drawn inside the block."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        yield
 
 
 def check_alpha(alpha: float) -> float:
@@ -143,7 +191,8 @@ def grid_figure(images: Sequence, maps: Mapping[str, Sequence], titles: Mapping[
       maps: ``{column: R maps in [0, 1]}`` (an (R, h, w) array or a list of (h, w) maps), drawn over the images in
         insertion order; each map is resized to its image.
       titles: ``{column: R panel titles}`` (default: the column name on every panel).
-      row_labels: R labels written left of each row (default: none).
+      row_labels: R labels written left of each row (default: none). Titles and labels are drawn as written
+        (no mathtext), characters the font lacks as escapes (:func:`drawable_text`).
       alpha, cmap: the heat map's opacity and colormap, as in :func:`overlay`; one colour bar shows the scale.
       panel_inches, dpi: the size of one panel and the resolution; images are shrunk to ``max_side`` pixels first.
 
@@ -157,12 +206,17 @@ def grid_figure(images: Sequence, maps: Mapping[str, Sequence], titles: Mapping[
     alpha = check_alpha(alpha)
     colormap = _colormap(cmap)
     thumbs = [_thumbnail(im, max_side) for im in images]
-    rows, cols = len(thumbs), len(maps)
+    aspect = float(np.median([t.shape[0] / t.shape[1] for t in thumbs]))  # panel height / width
+    with plain_text():
+        return _draw_grid(thumbs, maps, titles, labels, alpha, cmap, colormap, aspect, panel_inches, dpi)
+
+
+def _draw_grid(thumbs, maps, titles, labels, alpha, cmap, colormap, aspect, panel_inches, dpi) -> bytes:
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    aspect = float(np.median([t.shape[0] / t.shape[1] for t in thumbs]))  # panel height / width
+    rows, cols = len(thumbs), len(maps)
     fig = Figure(figsize=(cols * panel_inches + 1.0, rows * (panel_inches * aspect + 0.3) + 0.2), dpi=dpi,
                  layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -170,11 +224,11 @@ def grid_figure(images: Sequence, maps: Mapping[str, Sequence], titles: Mapping[
         for r, thumb in enumerate(thumbs):
             ax = axes[r, c]
             ax.imshow(overlay(thumb, np.asarray(stack[r]), alpha, cmap))
-            ax.set_title(titles[col][r], fontsize=8)
+            ax.set_title(drawable_text(titles[col][r]), fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0 and labels[r]:
-                ax.set_ylabel(labels[r], fontsize=8)
+                ax.set_ylabel(drawable_text(labels[r]), fontsize=8)
     fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), colormap), ax=axes, shrink=min(1.0, 0.9 / rows ** 0.25),
                  label="map value")
     buf = io.BytesIO()
