@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import io
 import os
 import re
 import warnings
@@ -371,14 +370,11 @@ def _plain(value):
 
 
 def _decode_bytes(data, item_id):
-    from PIL import Image, UnidentifiedImageError
+    """An example's encoded image through jaxcam's one decoder (pixel cap, EXIF orientation, one ImageFileError
+    naming the example for anything that does not decode)."""
+    from .data import decode_image
 
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB") if im.mode not in ("RGB", "L", "I;16", "F") else im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageFileError(f"example {item_id!r}: image does not decode: {exc}") from None
+    return decode_image(bytes(data), name=f"example {item_id!r}")
 
 
 class _TfdsSource(ImageSource):

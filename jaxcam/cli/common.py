@@ -6,16 +6,12 @@ import argparse
 import os
 import sys
 
-from ..data import SAMPLE_IMAGES
+from ..data import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, SAMPLE_IMAGES
 from ..errors import JaxcamError
 
 
 class OutputDirError(JaxcamError, OSError):
     """The output directory cannot be created or written to."""
-
-
-class ImageNotFoundError(JaxcamError, FileNotFoundError):
-    """An image path given on the command line does not exist."""
 
 
 def formatter():
@@ -33,6 +29,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_images_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="*", metavar="IMAGE",
                    help=f"image files (default: scikit-image's {', '.join(SAMPLE_IMAGES)})")
+    p.add_argument("--max-pixels", metavar="N",
+                   help=f"refuse image files of more than N pixels before decoding them (default: ${MAX_PIXELS_ENV} "
+                        f"or {DEFAULT_MAX_PIXELS:,}; a guard against decompression bombs)")
 
 
 def load(args):
@@ -60,18 +59,16 @@ def method_list(spec: list[str], error: type[Exception], keep=lambda spec: True)
 
 
 def read_images(paths) -> tuple[list[str], list]:
-    """``(names, images)``: the files given (each checked to exist, so a typo is one clear line before any model is
-    loaded), or scikit-image's sample photographs when none are."""
-    from ..data import sample_images
+    """``(names, images)``: the files given (each checked to be a non-empty regular file, so a typo, a directory or
+    a symlink loop is one clear line before any model is loaded), or scikit-image's sample photographs when none
+    are."""
+    from ..data import check_image_path, sample_images
 
     if not paths:
         samples = sample_images()
         return list(samples), list(samples.values())
     for path in paths:
-        if not os.path.exists(path):
-            raise ImageNotFoundError(f"image file not found: {path}")
-        if os.path.isdir(path):
-            raise ImageNotFoundError(f"expected an image file, got a directory: {path}")
+        check_image_path(path)
     names, seen = [], {}
     for path in paths:  # unique, readable names for output files
         stem = os.path.splitext(os.path.basename(path))[0] or "image"

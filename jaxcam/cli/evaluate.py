@@ -180,16 +180,21 @@ def locate_masks(folder: str, names: list[str]) -> list[str]:
 
 def read_masks(paths: list[str], size: int) -> np.ndarray:
     """``(N, size, size)`` bool masks: pixels brighter than half the mask's maximum are the object, stretched to
-    the model input like the images (nearest neighbour)."""
+    the model input like the images (nearest neighbour). Masks go through the images' decoder (pixel cap, EXIF
+    orientation, reduced-scale decoding of a huge file), so a mask lines up with its photo as displayed."""
     from PIL import Image
+
+    from ..data import to_rgb
+    from ..errors import ImageError
 
     out = np.zeros((len(paths), size, size), bool)
     for i, path in enumerate(paths):
         try:
-            with Image.open(path) as im:
-                a = np.asarray(im.convert("L").resize((size, size), Image.NEAREST), np.float32)
-        except OSError as exc:
+            rgb = to_rgb(path, size_hint=size)
+        except ImageError as exc:
             raise MaskError(f"cannot read mask {path}: {exc}") from None
+        luma = rgb @ np.asarray([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma, as PIL's convert("L")
+        a = np.asarray(Image.fromarray(luma, mode="F").resize((size, size), Image.NEAREST), np.float32)
         if a.max() <= 0:
             raise MaskError(f"mask {path} is empty (no non-zero pixel)")
         out[i] = a > a.max() / 2
@@ -221,11 +226,11 @@ def read_boxes(path: str, names: list[str]) -> list[np.ndarray]:
 
 
 def _image_hw(image) -> tuple[int, int]:
-    from PIL import Image
+    """``(height, width)`` of an image as displayed (EXIF orientation applied), from a file's header alone."""
+    from ..data import image_size
 
     if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as im:
-            return im.size[1], im.size[0]
+        return image_size(image)
     return tuple(np.asarray(image).shape[:2])
 
 

@@ -35,6 +35,8 @@ outputs (in --out, default runs/explain):
 """
 
 GRID_MAX_PIXELS = 4000  # grid.png's longer side stays about this size (down to 40 dpi)
+OVERLAY_MAX_SIDE = 2048  # overlays of larger photos are drawn scaled down to this longer side
+DECODE_SIZE_HINT = 512  # photos with a shorter side of 2048+ px are decoded at reduced scale (shorter side >= 1024)
 NOT_GAP_FC = "they need a global-average-pool + fully-connected head right after the target layer"
 
 
@@ -89,7 +91,7 @@ def run(args) -> None:
     targets, requested, layers = check_options(args)
     out = out_dir(args.out)
     names, sources = read_images(args.images)
-    images = decode(sources)
+    images = decode(sources, args.max_pixels)
     model = load(args)
     methods, skipped = applicable_methods(model, requested, layers)
     if skipped:
@@ -190,11 +192,15 @@ def applicable_methods(model, requested: list[str], layers) -> tuple[list[str], 
     return run, skipped
 
 
-def decode(sources) -> list[np.ndarray]:
-    """Every image as float32 RGB in [0, 1] (unreadable or corrupt files raise ImageFileError naming the file)."""
-    from ..data import to_rgb
+def decode(sources, max_pixels=None) -> list[np.ndarray]:
+    """Every image as float32 RGB in [0, 1], upright (EXIF orientation); unreadable or corrupt files raise
+    ImageFileError naming the file, files above ``--max-pixels`` ImageTooLargeError, all before any model is loaded.
+    A large photo is decoded at reduced scale (shorter side >= 2 * DECODE_SIZE_HINT, still twice or more the
+    model input), which bounds its memory: the model input and the overlays are made from these pixels."""
+    from ..data import max_pixels_scope, to_rgb
 
-    return [to_rgb(s) for s in sources]
+    with max_pixels_scope(max_pixels):
+        return [to_rgb(s, size_hint=DECODE_SIZE_HINT) for s in sources]
 
 
 def class_labels(model) -> list[str]:
@@ -295,9 +301,10 @@ def write_outputs(out: str, r: Explanation, alpha: float, cmap: str) -> int:
 
     count = 0
     for i, name in enumerate(r.names):
+        photo = overlay_photo(r.images[i])
         for method, stack in r.maps.items():
             for rank, cls in enumerate(r.classes[i]):
-                picture = overlay(r.images[i], stack[i, rank], alpha, cmap)
+                picture = overlay(photo, stack[i, rank], alpha, cmap)
                 atomic_write(os.path.join(out, overlay_name(name, method, int(cls), r.class_names[cls])),
                              png_bytes(picture))
                 count += 1
@@ -306,6 +313,21 @@ def write_outputs(out: str, r: Explanation, alpha: float, cmap: str) -> int:
     atomic_write(os.path.join(out, "maps.npz"), npz_bytes(r))
     report(r, grid).write(os.path.join(out, "report.html"))
     return count
+
+
+def overlay_photo(image: np.ndarray) -> np.ndarray:
+    """The photo an overlay is drawn on, uint8: as decoded, or scaled down (aspect ratio kept, antialiased) to a
+    longer side of OVERLAY_MAX_SIDE, since drawing costs about 80 bytes a pixel (float copies and the colormap's
+    float64 RGBA)."""
+    from PIL import Image
+
+    u8 = np.round(np.asarray(image, np.float32) * 255).astype(np.uint8)
+    h, w = u8.shape[:2]
+    scale = OVERLAY_MAX_SIDE / max(h, w)
+    if scale >= 1.0:
+        return u8
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(u8).resize(size, Image.BILINEAR))
 
 
 def report(r: Explanation, grid: bytes):

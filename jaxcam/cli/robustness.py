@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ImageFileError, JaxcamError, UnknownNameError
+from ..errors import JaxcamError, UnknownNameError
 from ..files import atomic_write
 from .common import (add_images_arg, add_model_args, formatter, load, method_list, out_dir, read_images,
                      summary)
@@ -157,16 +157,13 @@ def _source(args):
         return src, 0
 
 
-def check_image_file(path: str) -> None:
-    """Raise :class:`~jaxcam.ImageFileError` when ``path`` does not decode as an image (checked before the run,
-    so a bad file is one clear error, not a failure half-way through)."""
-    from PIL import Image, UnidentifiedImageError
+def check_image_file(path: str, max_pixels=None) -> None:
+    """Raise :class:`~jaxcam.ImageFileError` when ``path`` does not decode as an image, or
+    :class:`~jaxcam.ImageTooLargeError` when it has more pixels than the cap (checked before the run, so a bad
+    file is one clear error, not a failure half-way through). The whole file is decoded, at small scale."""
+    from ..data import check_image
 
-    try:
-        with Image.open(path) as im:
-            im.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageFileError(f"cannot read image {path}: {exc}") from None
+    check_image(path, max_pixels=max_pixels)
 
 
 def files_dataset_name(names: list[str]) -> str:
