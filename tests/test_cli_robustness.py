@@ -138,6 +138,7 @@ BAD = {
     "images and dataset": (["{a}", "--dataset", "sample"], "not both"),
     "severity out of range": (["{a}", "--severities", "0", "6"], "1..5"),
     "no draws": (["{a}", "--draws", "0"], "--draws"),
+    "negative key": (["{a}", "--key", "-1"], "--key must lie in 0..4294967295"),
     "unwritable out": (["{a}", "--out", "{dir}/file.txt/sub"], "cannot create output directory"),
 }
 
@@ -154,6 +155,31 @@ def test_bad_input_is_one_line_and_loses_nothing(case, images, tmp_path, capsys)
     before = snapshot(tmp_path)
     assert main(argv) == 2
     assert message in one_error_line(capsys.readouterr().err)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_truncated_image_in_a_dataset_folder_is_one_line_before_any_work(tmp_path, capsys):
+    data = tmp_path / "data"
+    paths = write_images(str(data), names=("a", "b", "c"))
+    with open(paths[2], "r+b") as f:
+        f.truncate(os.path.getsize(paths[2]) // 2)
+    before = snapshot(tmp_path)
+    argv = ["robustness", "--dataset", f"folder:{data}", *TINY, "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "c.png" in line and "replace or remove that file" in line
+    assert snapshot(tmp_path) == before and not (tmp_path / "out").exists()  # no run.json, no part of a or b
+
+
+@pytest.mark.parametrize("content", [b"", b'{"model": "resnet18", "wei'])
+def test_a_damaged_run_json_is_one_line_naming_it(content, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_bytes(content)
+    before = snapshot(tmp_path)
+    assert main(["robustness", *images[0], *TINY, "--out", str(out), "--resume"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(out / "run.json") in line and "new directory" in line
     assert snapshot(tmp_path) == before
 
 

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import JaxcamError, UnknownNameError
+from ..errors import ImageFileError, JaxcamError, UnknownNameError
 from ..files import atomic_write
-from .common import (add_images_arg, add_model_args, formatter, load, method_list, out_dir, read_images,
-                     summary)
+from .common import add_images_arg, add_model_args, formatter, load, method_list, read_images, summary
 
 DEFAULT_NOISES = ("gaussian", "shot", "impulse", "speckle")
 DEFAULT_SEVERITIES = (1, 2, 3, 4, 5)
@@ -44,6 +43,10 @@ a 2-core CPU with the embedded model.
 
 class RobustnessArgumentError(JaxcamError, ValueError):
     """Command-line options that do not describe a valid robustness run."""
+
+
+class DatasetImageError(ImageFileError):
+    """An image of the run's source that does not decode (found while every item is checked, before any work)."""
 
 
 def add_parser(sub) -> None:
@@ -95,14 +98,18 @@ def run(args) -> None:
     methods = _methods(args.methods)
     _check_grid(args)
     source, n_images = _source(args)
-    out = out_dir(args.out)
+    out = R.check_out_dir(args.out)  # created by R.run once everything is checked: a refused run leaves nothing
     _check_out(out, args.resume)
     model = load(args)
     _check_methods_apply(model, methods)
-    rows = R.run(model, source, out, methods=methods, noises=args.noises, severities=args.severities,
-                 draws=args.draws, key=args.key, similarity=args.similarity, explain_class=args.explain_class,
-                 image_batch=args.image_batch, chunk=args.chunk, size=model.arch.input_size, resume=args.resume,
-                 progress=sys.stderr.isatty())
+    try:
+        rows = R.run(model, source, out, methods=methods, noises=args.noises, severities=args.severities,
+                     draws=args.draws, key=args.key, similarity=args.similarity, explain_class=args.explain_class,
+                     image_batch=args.image_batch, chunk=args.chunk, size=model.arch.input_size, resume=args.resume,
+                     progress=sys.stderr.isatty())
+    except ImageFileError as exc:  # every item is decoded before any work: nothing was computed for it
+        raise DatasetImageError(f"{exc}; replace or remove that file and run again"
+                                f"{' (with --resume)' if os.path.isdir(os.path.join(out, 'parts')) else ''}") from None
     args.methods = list(methods)  # 'all' expanded, for the report
     written = write_outputs(model, source, rows, out, args, report=not args.no_report, elapsed=t0)
     n = len(set(rows["image"].tolist())) if len(rows) else n_images
@@ -122,6 +129,7 @@ def _check_grid(args) -> None:
     """Noise names, severities, draws, similarity and sizes, before any work starts."""
     from ..metrics.robustness import ROBUSTNESS_SIMILARITIES
     from ..noise import MAX_LEVEL, NOISE_NAMES, UnknownNoiseError
+    from ..robustness import MAX_KEY
 
     for n in args.noises:
         if n not in NOISE_NAMES:
@@ -137,6 +145,9 @@ def _check_grid(args) -> None:
     for flag, value in (("--draws", args.draws), ("--image-batch", args.image_batch), ("--chunk", args.chunk)):
         if value < 1:
             raise RobustnessArgumentError(f"{flag} must be a positive integer, got {value}")
+    if not 0 <= args.key <= MAX_KEY:
+        raise RobustnessArgumentError(f"--key must lie in 0..{MAX_KEY} (JAX folds other seeds onto these), got "
+                                      f"{args.key}")
 
 
 def _source(args):
