@@ -5,6 +5,7 @@ as array_record from PNG bytes (nothing fetched), and tfds.testing.mock_data sta
 """
 
 import io
+import pathlib
 import warnings
 
 import numpy as np
@@ -13,8 +14,8 @@ from PIL import Image
 
 import jaxcam
 from jaxcam.data import resize
-from jaxcam.datasets import (DatasetNotPreparedError, ImageSource, folder_source, get_source, sample_source,
-                             tfds_source)
+from jaxcam.datasets import (DatasetNotPreparedError, ImageSource, as_source, folder_source, get_source,
+                             sample_source, tfds_source)
 
 
 def _all(source: ImageSource, batch_size=3, **kw):
@@ -92,7 +93,14 @@ def test_bad_arguments_are_named():
         src.batches(0)
     with pytest.raises(jaxcam.ImageFileError, match="nope"):
         sample_source(["nope"])
-
+    for kwargs in ({"shard": (2, 2)}, {"start": -1}, {"size": 0}, {"workers": -1}):  # one typed error, named
+        with pytest.raises(jaxcam.InvalidArgumentError, match=next(iter(kwargs))):
+            src.batches(2, **kwargs)
+    with pytest.raises(jaxcam.EmptySourceError, match="names is empty"):
+        sample_source([])
+    for obj in (None, 3, b"bytes", pathlib.Path("images")):
+        with pytest.raises(jaxcam.InvalidArgumentError, match="source must be an ImageSource"):
+            as_source(obj)
 
 def test_get_source_specs(tmp_path):
     assert get_source("sample").name == "sample"
@@ -158,6 +166,12 @@ def test_folder_source_corrupt_file(image_folder):
     with pytest.warns(UserWarning, match="broken.png"):
         out = _all(skipping, batch_size=4)
     assert "dog/broken.png" not in out["id"] and len(out["id"]) == 6
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # on_skip replaces the warning
+        again = _all(skipping, batch_size=4, on_skip=lambda p, i, e: seen.append((p, i, type(e))))
+    assert seen == [(4, "dog/broken.png", seen[0][2])] and issubclass(seen[0][2], jaxcam.ImageFileError)
+    np.testing.assert_array_equal(again["image"], out["image"])
     with pytest.raises(jaxcam.UnknownNameError, match="on_error"):
         folder_source(image_folder, on_error="ignore")
 
@@ -165,6 +179,8 @@ def test_folder_source_corrupt_file(image_folder):
 def test_folder_source_empty_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(jaxcam.ImageFileError, match="no image files"):
+        folder_source(tmp_path)
+    with pytest.raises(jaxcam.EmptySourceError, match="the source is empty"):
         folder_source(tmp_path)
 
 
