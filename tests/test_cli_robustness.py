@@ -128,11 +128,11 @@ def test_resuming_with_another_configuration_is_refused(images, full, capsys):
 
 BAD = {
     "missing file": (["{dir}/nope.png"], "not found"),
-    "corrupt image": (["{corrupt}"], "cannot read image"),
+    "corrupt image": (["{corrupt}"], "corrupt.png"),
     "unknown method": (["{a}", "--methods", "gradcam", "nosuchcam"], "unknown name 'nosuchcam'"),
     "unknown noise": (["{a}", "--noises", "hail"], "unknown noise 'hail'"),
     "unknown similarity": (["{a}", "--similarity", "cosine"], "'cosine'"),
-    "unknown model": (["{a}", "--model", "resnet7"], "unknown architecture 'resnet7'"),
+    "unknown model": (["{a}", "--model", "resnet7"], "'resnet7'"),
     "unknown dataset": (["--dataset", "ftp:x"], "'ftp'"),
     "missing dataset folder": (["--dataset", "folder:{dir}/none"], "not found"),
     "images and dataset": (["{a}", "--dataset", "sample"], "not both"),

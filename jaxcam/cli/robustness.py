@@ -34,8 +34,8 @@ EXAMPLES = """examples:
   jaxcam robustness --dataset folder:val_images --model resnet50 --weights resnet50.pth --methods all
   jaxcam robustness --out runs/robustness --resume   continue an interrupted run (same options)
 
-outputs (in --out): parts/*.parquet and run.json (the resumable run), rows.csv, summary.csv, summary.md,
-friedman.md, rm_by_noise.png, similarity_vs_severity.png, maps_<image>.png and report.html (self-contained).
+outputs (in --out): parts/*.parquet, run.json and manifest-*.json (the resumable run), rows.csv, summary.csv,
+summary.md, friedman.md, rm_by_noise.png, similarity_vs_severity.png, maps_<image>.png and report.html (self-contained).
 The default grid (6 methods x 4 noises x 5 severities x 2 draws on 4 photos = 960 rows) takes about a minute on
 a 2-core CPU with the embedded model.
 """
@@ -433,8 +433,8 @@ def build_report(rows, summ, stats, figures, examples, out, args, model, elapsed
     for image_id, png in examples:
         rep.image(png, f"{image_id}: clean versus {args.noises[0]} noise")
     rep.section("Files")
-    rep.text("In " + out + ": parts/*.parquet and run.json (the resumable run), rows.csv, summary.csv, summary.md, "
-             "friedman.md, " + ", ".join(figures) + ".")
+    rep.text("In " + out + ": parts/*.parquet, run.json and manifest-*.json (the resumable run), rows.csv, "
+             "summary.csv, summary.md, friedman.md, " + ", ".join(figures) + ".")
     return rep
 
 
