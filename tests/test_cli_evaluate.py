@@ -121,10 +121,10 @@ def test_defaults():
 
 BAD = {
     "missing file": (["{dir}/nope.png"], "not found"),
-    "corrupt image": (["{corrupt}"], "cannot read image"),
+    "corrupt image": (["{corrupt}"], "corrupt.png"),
     "unknown method": (["{a}", "--methods", "nosuchcam"], "'nosuchcam'"),
     "unknown metric": (["{a}", "--metrics", "accuracy"], "unknown name 'accuracy'"),
-    "unknown model": (["{a}", "--model", "resnet7"], "unknown architecture 'resnet7'"),
+    "unknown model": (["{a}", "--model", "resnet7"], "'resnet7'"),
     "unwritable out": (["{a}", "--out", "{dir}/file.txt/sub"], "cannot create output directory"),
     "localisation without truth": (["{a}", "--metrics", "localisation"], "need ground truth"),
     "masks and boxes": (["{a}", "--metrics", "iou", "--masks", "{masks}", "--boxes", "{boxes}"], "not both"),

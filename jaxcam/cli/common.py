@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shlex
 import sys
+import unicodedata
 
 from ..data import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, SAMPLE_IMAGES
 from ..errors import JaxcamError
@@ -78,7 +81,18 @@ def read_images(paths) -> tuple[list[str], list]:
 
 
 def out_dir(path: str) -> str:
-    """Create ``path`` if needed and prove it writable before any work starts; files already there are kept."""
+    """Create ``path`` if needed and prove it writable before any work starts; files already there are kept.
+    :func:`output_directory` does the same and also removes what it created when the command then fails."""
+    _make_out_dir(path)
+    return path
+
+
+def _make_out_dir(path: str) -> list[str]:
+    """Create ``path`` (and missing parents), prove it writable; returns the directories created, deepest first."""
+    created, head = [], os.path.abspath(path)
+    while head and not os.path.lexists(head):
+        created.append(head)
+        head = os.path.dirname(head) if os.path.dirname(head) != head else ""
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..errors import JaxcamError, MaskError, UnknownNameError
 from ..files import atomic_write
-from .common import (add_images_arg, add_model_args, formatter, load, method_list, out_dir, read_images,
-                     summary)
+from .common import (add_images_arg, add_model_args, display_name, formatter, load, method_list,
+                     output_directory, quote, read_images, summary)
 
 DEFAULT_METHODS = ("gradcam", "gradcam++", "xgradcam")
 DEFAULT_OUT = os.path.join("runs", "evaluate")
@@ -88,26 +88,29 @@ def run(args) -> None:
             check_image_file(img)
     mask_paths = locate_masks(args.masks, names) if args.masks else None
     boxes = read_boxes(args.boxes, names) if args.boxes else None
-    out = out_dir(args.out)
-    model = load(args)
-    size = model.arch.input_size
-    masks = None
-    if mask_paths is not None:
-        masks = read_masks(mask_paths, size)
-    elif boxes is not None:
-        masks = boxes_to_input_masks(boxes, images, size)
-    x = model.preprocess(images)
-    rows, maps, classes = _evaluate(model, x, methods, metrics, masks, args.key)
-    rows = _named(rows, names)
-    sanity = _sanity(model, x, methods, args.key, names) if args.sanity else None
-    paths = write_outputs(rows, sanity, maps, classes, x, model, names, out, args,
-                          dict(methods=methods, metrics=metrics, notes=notes, truth=args.masks or args.boxes,
-                               elapsed=t0))
+    if boxes is not None:
+        check_boxes(args.boxes, boxes, names, images)
+    names = [display_name(n) for n in names]  # found masks by the file's own name; every output can hold these
+    with output_directory(args.out) as out:  # removed again if the command fails before writing anything
+        model = load(args)
+        size = model.arch.input_size
+        masks = None
+        if mask_paths is not None:
+            masks = read_masks(mask_paths, size)
+        elif boxes is not None:
+            masks = boxes_to_input_masks(boxes, images, size)
+        x = model.preprocess(images)
+        rows, maps, classes = _evaluate(model, x, methods, metrics, masks, args.key)
+        rows = _named(rows, names)
+        sanity = _sanity(model, x, methods, args.key, names) if args.sanity else None
+        paths = write_outputs(rows, sanity, maps, classes, x, model, names, out, args,
+                              dict(methods=methods, metrics=metrics, notes=notes, truth=args.masks or args.boxes,
+                                   elapsed=t0))
     for note in notes:
         print(f"note: {note}")
     summary(f"evaluate: {len(names)} images x {len(methods)} methods x {len(metrics)} metrics = {len(rows)} rows"
             f"{' + sanity check' if sanity is not None else ''} in {time.perf_counter() - t0:.1f} s; "
-            f"report {paths['report']}")
+            f"report {quote(paths['report'])}")
 
 
 def resolve_methods(spec: list[str]) -> list[str]:
@@ -225,6 +228,22 @@ def read_boxes(path: str, names: list[str]) -> list[np.ndarray]:
     return boxes
 
 
+def check_boxes(path: str, boxes: list[np.ndarray], names: list[str], images: list) -> None:
+    """Before any work: every box must cover at least one pixel of its image, in the original image's pixels (a box
+    outside it is a wrong coordinate order, image or scale); the error names the image, its size and the box."""
+    from ..metrics.inputs import box_problem, box_text
+
+    for name, bs, img in zip(names, boxes, images):
+        h, w = _image_hw(img)
+        for box in bs:
+            problem = box_problem(box, h, w)
+            if problem:
+                source = f" ({img})" if isinstance(img, (str, os.PathLike)) else ""
+                raise MaskError(f"--boxes {quote(path)}: box {box_text(box)} of image {name}{source} {problem}; "
+                                f"{name} is {h} x {w} (h x w) pixels and boxes are (y0, x0, y1, x1) in its pixels, "
+                                "ends exclusive")
+
+
 def _image_hw(image) -> tuple[int, int]:
     """``(height, width)`` of an image as displayed (EXIF orientation applied), from a file's header alone."""
     from ..data import image_size
@@ -338,13 +357,16 @@ def friedman_tests(rows) -> list[tuple[str, object | None, str]]:
 
 
 def friedman_markdown(tests, reason: str = "") -> str:
+    """``friedman.md``: per metric, the tables or why they were not computed (a note may quote names: escaped)."""
+    from ..table import escape_markdown
+
     lines = ["# Methods compared per metric (Friedman over images, Nemenyi post-hoc)", ""]
     if reason:
         return "\n".join(lines + [reason, ""])
     for metric, res, note in tests:
-        lines += [f"## {metric}", ""]
+        lines += [f"## {escape_markdown(metric)}", ""]
         if res is None:
-            lines += [note, ""]
+            lines += [escape_markdown(note), ""]
             continue
         lines += [res.table.to_markdown(), "", "Mean ranks (1 = best):", "", res.ranks.to_markdown(), "",
                   "Nemenyi:", "", res.posthoc.to_markdown(), ""]

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..files import atomic_write
-from .common import add_images_arg, add_model_args, formatter, load, out_dir, read_images, summary
+from .common import (add_images_arg, add_model_args, check_output_paths, display_name, file_stems, formatter,
+                     load, output_directory, quote, read_images, summary)
 
 EXAMPLES = """examples:
   jaxcam explain                                  Grad-CAM of the embedded model on scikit-image's sample photos
@@ -27,10 +28,12 @@ EXAMPLES = """examples:
   jaxcam explain photos/*.jpg --model resnet50 --weights resnet50-0676ba61.pth --batch-size 4
 
 outputs (in --out, default runs/explain):
-  <image>_<method>_<class>-<name>.png   the photo with the map on top, one per image x method x class
+  <image>_<method>_<class>-<name>.png   the photo with the map on top, one per image x method x class (a name
+                                        too long or unsafe for a file name is shortened, with ~<hash>)
   grid.png                              rows: images (x classes with topK); columns: methods
   maps.npz                              one (N, H, W) array per method ((N, K, H, W) with topK), plus classes,
-                                        probs, names (images), class_names, methods, model and layer
+                                        probs, names (images), files (their file-name stems), class_names,
+                                        methods, model and layer
   report.html                           one self-contained page (no network): explained classes and the grid
 """
 
@@ -74,9 +77,11 @@ class Targets:
 
 @dataclass
 class Explanation:
-    """Everything computed, ready to write: ``maps[method]`` is (N, K, H, W); ``classes``/``probs`` are (N, K)."""
+    """Everything computed, ready to write: ``maps[method]`` is (N, K, H, W); ``classes``/``probs`` are (N, K);
+    ``files[i]`` is the file-name stem of image ``names[i]`` (the name itself unless it is too long or unsafe)."""
 
     names: list
+    files: list
     images: list
     maps: dict
     classes: np.ndarray
@@ -89,23 +94,24 @@ class Explanation:
 def run(args) -> None:
     start = time.perf_counter()
     targets, requested, layers = check_options(args)
-    out = out_dir(args.out)
-    names, sources = read_images(args.images)
-    images = decode(sources, args.max_pixels)
-    model = load(args)
-    methods, skipped = applicable_methods(model, requested, layers)
-    if skipped:
-        print(f"jaxcam: note: --method all skips {', '.join(skipped)} on {model.name} ({NOT_GAP_FC})",
-              file=sys.stderr)
-    x = model.preprocess(images)
-    classes, probs = choose_classes(model, x, targets, args.batch_size)
-    maps = compute_maps(model, x, methods, classes, layers, args.batch_size)
-    result = Explanation(names, images, maps, classes, probs, class_labels(model), model.name,
-                         [model.canonical_layer(ly) for ly in (layers or [None])])
-    n_overlays = write_outputs(out, result, args.alpha, args.cmap)
+    with output_directory(args.out) as out:  # removed again if the command fails before writing anything
+        names, sources = read_images(args.images)
+        images = decode(sources, args.max_pixels)
+        model = load(args)
+        methods, skipped = applicable_methods(model, requested, layers)
+        files = output_stems(out, names, methods, model.num_classes)
+        if skipped:
+            print(f"jaxcam: note: --method all skips {', '.join(skipped)} on {model.name} ({NOT_GAP_FC})",
+                  file=sys.stderr)
+        x = model.preprocess(images)
+        classes, probs = choose_classes(model, x, targets, args.batch_size)
+        maps = compute_maps(model, x, methods, classes, layers, args.batch_size)
+        result = Explanation([display_name(n) for n in names], files, images, maps, classes, probs, class_labels(model), model.name,
+                             [model.canonical_layer(ly) for ly in (layers or [None])])
+        n_overlays = write_outputs(out, result, args.alpha, args.cmap)
     k = f" x {classes.shape[1]} classes" if classes.shape[1] > 1 else ""
     summary(f"wrote {n_overlays} overlays, grid.png, maps.npz and report.html for {_count(len(names), 'image')}{k} x "
-            f"{_count(len(methods), 'method')} to {out} in {time.perf_counter() - start:.1f} s")
+            f"{_count(len(methods), 'method')} to {quote(out)} in {time.perf_counter() - start:.1f} s")
 
 
 def _count(n: int, noun: str) -> str:
@@ -285,13 +291,28 @@ def compute_maps(model, x, methods: list[str], classes: np.ndarray, layers, batc
 
 
 # -- writing ---------------------------------------------------------------------------------------------------
+SLUG_MAX = 40  # characters of the class name in an overlay's file name
+
+
 def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "class"
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:SLUG_MAX] or "class"
 
 
 def overlay_name(image: str, method: str, cls: int, label: str) -> str:
-    """``<image>_<method>_<class>-<class name>.png``."""
+    """``<image>_<method>_<class>-<class name>.png``; ``image`` is the image's file stem (see output_stems)."""
     return f"{image}_{method}_{cls}-{_slug(label)}.png"
+
+
+def output_stems(out: str, names: list[str], methods: list[str], num_classes: int) -> list[str]:
+    """Each image's file-name stem for its overlays, checked before any map is computed: the name itself, or a
+    shortened/repaired one with a hash when the name plus the longest overlay suffix
+    (``_<method>_<class>-<40-character class name>.png``) would not fit the file system or holds characters it
+    refuses (:func:`~jaxcam.cli.common.file_stems`). maps.npz (``files``) and report.html record the mapping."""
+    longest = max(methods, key=lambda m: len(m.encode("utf-8")))
+    stems = file_stems(names, f"_{longest}_{num_classes - 1}-{'x' * SLUG_MAX}.png", out)
+    check_output_paths(out, ["grid.png", "maps.npz", "report.html"]
+                       + [f"{stem}_{longest}_{num_classes - 1}-{'x' * SLUG_MAX}.png" for stem in stems])
+    return stems
 
 
 def write_outputs(out: str, r: Explanation, alpha: float, cmap: str) -> int:
@@ -300,12 +321,12 @@ def write_outputs(out: str, r: Explanation, alpha: float, cmap: str) -> int:
     from ..viz import overlay, png_bytes
 
     count = 0
-    for i, name in enumerate(r.names):
+    for i, stem in enumerate(r.files):
         photo = overlay_photo(r.images[i])
         for method, stack in r.maps.items():
             for rank, cls in enumerate(r.classes[i]):
                 picture = overlay(photo, stack[i, rank], alpha, cmap)
-                atomic_write(os.path.join(out, overlay_name(name, method, int(cls), r.class_names[cls])),
+                atomic_write(os.path.join(out, overlay_name(stem, method, int(cls), r.class_names[cls])),
                              png_bytes(picture))
                 count += 1
     grid = grid_png(r, alpha, cmap)
@@ -343,6 +364,11 @@ def report(r: Explanation, grid: bytes):
     page.section("Explained classes").table(Table.from_rows(rows))
     page.section("Maps").image(grid, "rows: images (x classes); columns: methods; maps in [0, 1]")
     page.text("Every overlay is also a PNG file beside this report; the raw maps are in maps.npz.")
+    renamed = [(name, stem) for name, stem in zip(r.names, r.files) if name != stem]
+    if renamed:
+        page.text("These images' names are too long for a file name or hold characters a file system refuses; "
+                  "their overlays' file names start with a shortened form and a hash instead:")
+        page.table(Table({"image": [n for n, _ in renamed], "overlay files start with": [f for _, f in renamed]}))
     return page
 
 
@@ -362,8 +388,8 @@ def grid_png(r: Explanation, alpha: float, cmap: str) -> bytes:
 
 def npz_bytes(r: Explanation) -> bytes:
     """maps.npz: one array per method, (N, H, W) with one class per image or (N, K, H, W) with topK (K > 1), and
-    the classes, probabilities and class names (N,) or (N, K), image ``names``, ``methods``, ``model`` and
-    ``layer`` (the stage name of each target layer)."""
+    the classes, probabilities and class names (N,) or (N, K), image ``names`` and the ``files`` stems their
+    overlays are named by, ``methods``, ``model`` and ``layer`` (the stage name of each target layer)."""
     one = r.classes.shape[1] == 1
 
     def per_image(a):
@@ -372,7 +398,8 @@ def npz_bytes(r: Explanation) -> bytes:
     labels = np.asarray([[r.class_names[c] for c in row] for row in r.classes])
     arrays = {m: per_image(stack) for m, stack in r.maps.items()}
     arrays.update(classes=per_image(r.classes), probs=per_image(r.probs), class_names=per_image(labels),
-                  names=np.asarray(r.names), methods=np.asarray(list(r.maps)), model=np.asarray(r.model),
+                  names=np.asarray(r.names), files=np.asarray(r.files), methods=np.asarray(list(r.maps)),
+                  model=np.asarray(r.model),
                   layer=np.asarray(r.layers))
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)

@@ -43,24 +43,51 @@ def check_masks(masks, n: int, size: tuple[int, int], name: str = "masks") -> ja
     return jnp.asarray(arr)
 
 
-def boxes_to_masks(boxes, size: tuple[int, int]) -> np.ndarray:
+def box_text(box) -> str:
+    """A box as ``[y0, x0, y1, x1]`` with its numbers as short as they go (``[8, 16, 40.5, 48]``)."""
+    return "[" + ", ".join(f"{float(v):g}" for v in box) + "]"
+
+
+def box_problem(box, h: int, w: int) -> str | None:
+    """Why ``box`` ``(y0, x0, y1, x1)`` (pixels, exclusive ends) covers no pixel of an ``h`` x ``w`` image, or
+    None when it covers at least one (a box that sticks out of the image is clipped to it)."""
+    y0, x0, y1, x1 = (float(v) for v in box)
+    if not all(np.isfinite((y0, x0, y1, x1))):
+        return "holds NaN or inf coordinates"
+    if y1 < y0 or x1 < x0:
+        return "has its end before its start (y0 <= y1 and x0 <= x1: rows first, then columns)"
+    if y1 == y0 or x1 == x0:
+        return "is empty (zero height or width; ends are exclusive)"
+    if y1 <= 0 or x1 <= 0 or y0 >= h or x0 >= w:
+        return "lies outside the image"
+    return None
+
+
+def boxes_to_masks(boxes, size: tuple[int, int], names=None) -> np.ndarray:
     """Masks (N, H, W) from boxes ``(y0, x0, y1, x1)`` in pixels (exclusive ends), one box per image as an (N, 4)
-    array or several per image as a list of (B_i, 4) arrays (their union). Boxes are clipped to the image; a box
-    entirely outside it contributes nothing, and an image left with no pixel raises :class:`MaskError`."""
+    array or several per image as a list of (B_i, 4) arrays (their union). A box that sticks out of the image is
+    clipped to it; one that covers no pixel of it (outside, empty, reversed, NaN) raises :class:`MaskError` naming
+    the image (``names[i]`` when given, else its index), its size and the box."""
     h, w = size
-    per_image = [np.asarray(b, np.float64).reshape(-1, 4) for b in boxes]
-    out = np.zeros((len(per_image), h, w), bool)
-    for i, bs in enumerate(per_image):
-        if not np.isfinite(bs).all():
-            raise MaskError(f"boxes[{i}] contains NaN or inf coordinates")
-        for y0, x0, y1, x1 in bs:
-            if y1 < y0 or x1 < x0:
-                raise MaskError(f"boxes[{i}] = {(y0, x0, y1, x1)} has its end before its start; use (y0, x0, y1, x1)")
+    boxes = list(boxes)
+    out = np.zeros((len(boxes), h, w), bool)
+    for i, given in enumerate(boxes):
+        image = f"image {names[i]!r}" if names is not None else f"image {i}"
+        try:
+            bs = np.asarray(given, np.float64).reshape(-1, 4)
+        except (TypeError, ValueError):
+            raise MaskError(f"boxes[{i}] ({image}) must be [y0, x0, y1, x1] or a list of them, got {given!r}") from None
+        for box in bs:
+            problem = box_problem(box, h, w)
+            if problem:
+                raise MaskError(f"boxes[{i}] = {box_text(box)} of {image} {problem}; the image is {h} x {w} (h x w) "
+                                "pixels and boxes are (y0, x0, y1, x1) in its pixels, ends exclusive")
+            y0, x0, y1, x1 = box
             ya, yb = int(np.clip(np.floor(y0), 0, h)), int(np.clip(np.ceil(y1), 0, h))
             xa, xb = int(np.clip(np.floor(x0), 0, w)), int(np.clip(np.ceil(x1), 0, w))
             out[i, ya:yb, xa:xb] = True
         if not out[i].any():
-            raise MaskError(f"boxes[{i}] lie entirely outside the {h}x{w} image: no ground-truth pixel left")
+            raise MaskError(f"boxes[{i}] ({image}) holds no box: give at least one [y0, x0, y1, x1] per image")
     return out
 
 
