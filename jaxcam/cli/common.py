@@ -96,17 +96,128 @@ def _make_out_dir(path: str) -> list[str]:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
-        raise OutputDirError(f"cannot create output directory {path}: {exc.strerror or exc}") from None
+        _remove_empty(created)
+        raise OutputDirError(f"cannot create output directory {quote(path)}: {exc.strerror or exc}") from None
     if not os.path.isdir(path):
-        raise OutputDirError(f"output path {path} exists and is not a directory")
+        raise OutputDirError(f"output path {quote(path)} exists and is not a directory: choose another --out")
     probe = os.path.join(path, f".jaxcam-write-test-{os.getpid()}")
     try:
         with open(probe, "w"):
             pass
         os.remove(probe)
     except OSError as exc:
-        raise OutputDirError(f"output directory {path} is not writable: {exc.strerror or exc}") from None
-    return path
+        _remove_empty(created)
+        raise OutputDirError(f"output directory {quote(path)} is not writable: {exc.strerror or exc}") from None
+    return created
+
+
+def _remove_empty(created: list[str]) -> None:
+    """Remove the directories a command created, deepest first, stopping at the first that is not empty (rmdir
+    never removes content, so nothing anyone wrote is lost)."""
+    for d in created:
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
+
+
+@contextlib.contextmanager
+def output_directory(path: str):
+    """``with output_directory(args.out) as out:`` - :func:`out_dir`, and when the block fails (an error or an
+    interrupt) before writing anything, the directories it created are removed again, so a typo leaves no empty
+    ``runs/...`` behind. A directory that existed before is never touched; one holding any file is kept."""
+    created = _make_out_dir(path)
+    try:
+        yield path
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+def quote(path) -> str:
+    """``path`` as a shell word (``'my runs/report.html'``), for every path or command a message suggests."""
+    return shlex.quote(os.fspath(path))
+
+
+NAME_MAX = 255  # bytes in one file name on ext4, XFS, btrfs, ZFS and APFS (os.pathconf may say less)
+PATH_MAX = 4096  # bytes in a whole path on Linux
+TEMP_SUFFIX = len(".tmp-") + 10  # atomic_write's temporary file is the name plus ".tmp-<pid>"
+HASH_CHARS = 8  # hex digits of sha256 that keep shortened or repaired names apart
+
+
+def _unsafe(ch: str) -> bool:
+    """A character a file name must not hold: a path separator, NUL or another control or format character (a
+    right-to-left override could disguise the name), or a lone surrogate (bytes that are not UTF-8)."""
+    return ch in "/\\" or unicodedata.category(ch) in ("Cc", "Cf", "Cs")
+
+
+def _fit(text: str, limit: int) -> str:
+    """The longest prefix of ``text`` whose UTF-8 encoding has at most ``limit`` bytes (whole characters only)."""
+    return text.encode("utf-8")[:max(limit, 0)].decode("utf-8", "ignore")
+
+
+def name_max(folder: str | None = None) -> int:
+    """The longest file name, in bytes, that ``folder``'s file system takes (:data:`NAME_MAX` at most)."""
+    try:
+        return min(NAME_MAX, os.pathconf(folder or ".", "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return NAME_MAX
+
+
+def file_stems(names, longest_suffix: str | int, folder: str | None = None) -> list[str]:
+    """A safe, unique file-name stem for each name (an image's name, a dataset id), checked before any work.
+
+    A stem is the name itself when it is one: every stem plus ``longest_suffix`` (the longest text appended to it,
+    e.g. ``_gradcam++_999-<40-character class>.png``, or its length in bytes) and atomic_write's temporary suffix
+    fits ``folder``'s NAME_MAX (255 bytes). Otherwise it is made one deterministically: characters a file system
+    refuses (``/``, NUL, control characters) become ``_``, a name too long is cut at a character boundary, and
+    either way ``~`` and the first 8 hex digits of the name's sha256 are appended, so different names never meet
+    in one file. Names equal but for letter case get the hash as well (macOS and Windows would merge them).
+    Callers record the name -> stem mapping in their outputs.
+    """
+    import hashlib
+
+    suffix = longest_suffix if isinstance(longest_suffix, int) else len(longest_suffix.encode("utf-8"))
+    budget = name_max(folder) - suffix - TEMP_SUFFIX
+    if budget < HASH_CHARS + 2:
+        raise OutputDirError(f"output file names would not fit the file system's {name_max(folder)}-byte limit "
+                             f"(their fixed part alone takes {suffix} bytes): use shorter names")
+    stems, seen = [], set()
+    for i, name in enumerate(map(str, names)):
+        clean = "".join("_" if _unsafe(c) else c for c in name) or "_"
+        raw = name.encode("utf-8", "surrogatepass")
+        stem = clean if clean == name and len(raw) <= budget else ""
+        salt = 0
+        while not stem or stem.casefold() in seen:
+            digest = hashlib.sha256(raw + (b"#%d" % salt if salt else b"")).hexdigest()[:HASH_CHARS]
+            stem, salt = f"{_fit(clean, budget - HASH_CHARS - 1)}~{digest}", salt + 1
+        seen.add(stem.casefold())
+        stems.append(stem)
+    return stems
+
+
+def display_name(name) -> str:
+    """``name`` as text every output can hold: a file name's bytes that are not UTF-8 (which Python carries as lone
+    surrogates) are written as escapes (``\\xff``), where writing the report or a CSV would otherwise fail."""
+    name = str(name)
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # surrogates no file name produces
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_output_paths(folder: str, file_names) -> None:
+    """Raise :class:`OutputDirError` before any work when a path in ``folder`` would be too long to create."""
+    longest = max(file_names, key=lambda f: len(f.encode("utf-8", "surrogatepass")), default=None)
+    if longest is None:
+        return
+    path = os.path.join(os.path.abspath(folder), longest)
+    if len(os.fsencode(path)) + TEMP_SUFFIX >= PATH_MAX:
+        raise OutputDirError(f"output directory {quote(folder)} is too deep: {len(os.fsencode(path))}-byte paths "
+                             f"in it pass the system's {PATH_MAX}-byte limit; choose a shorter --out")
+    if len(longest.encode("utf-8", "surrogatepass")) + TEMP_SUFFIX > name_max(folder):
+        raise OutputDirError(f"output file name {longest!r} passes the {name_max(folder)}-byte file-name limit of "
+                             f"{quote(folder)}")
 
 
 def summary(line: str) -> None:
