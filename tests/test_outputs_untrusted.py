@@ -101,6 +101,14 @@ def test_file_stems_are_safe_unique_and_deterministic():
     assert common.file_stems(["猫" * 100], tail)[0].startswith("猫" * 20)  # cut between characters, not bytes
 
 
+def test_paths_too_long_to_create_are_refused_up_front(tmp_path):
+    with pytest.raises(common.OutputDirError, match="too deep"):
+        common.check_output_paths("/" + "/".join(["d" * 200] * 21), ["grid.png"])  # 4.2 kB: past PATH_MAX
+    with pytest.raises(common.OutputDirError, match="255-byte file-name limit"):
+        common.check_output_paths(str(tmp_path), ["x" * 250 + ".png"])
+    common.check_output_paths(str(tmp_path), ["x" * 230 + ".png", "grid.png"])
+
+
 def test_output_names_are_checked_before_any_work(tmp_path, monkeypatch, capsys):
     _photo(tmp_path / "a.png")
     monkeypatch.setattr(common, "NAME_MAX", 40)  # a file system whose names cannot hold any overlay name
