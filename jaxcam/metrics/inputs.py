@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import MapError, MaskError
+from ..errors import InvalidArgumentError, MapError, MaskError
 from ..postprocess import resize
 
 
@@ -105,7 +105,7 @@ def default_batch_size(batch_size: int | None) -> int:
     if batch_size is None:
         return 8 if jax.default_backend() == "cpu" else 64
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
     return int(batch_size)
 
 
