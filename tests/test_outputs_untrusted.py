@@ -267,3 +267,15 @@ def test_boxes_to_masks_names_the_image_its_size_and_the_box():
         jaxcam.metrics.boxes_to_masks([[2, 2, 2, 4]], (4, 5), names=["cat"])
     with pytest.raises(jaxcam.MaskError, match=r"boxes\[0\] \(image 0\) must be \[y0, x0, y1, x1\]"):
         jaxcam.metrics.boxes_to_masks([[1, 2, 3]], (4, 5))
+
+
+def test_atomic_write_leaves_no_temporary_file_when_it_fails(tmp_path):
+    """Text that cannot be encoded fails the write: neither the target nor atomic_write's temporary file remains."""
+    from jaxcam.files import atomic_write
+
+    target = tmp_path / "out.txt"
+    with pytest.raises(UnicodeEncodeError):
+        atomic_write(target, "bad \udcff surrogate")
+    assert os.listdir(tmp_path) == []
+    atomic_write(target, "ok")
+    assert os.listdir(tmp_path) == ["out.txt"] and target.read_text() == "ok"

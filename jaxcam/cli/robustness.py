@@ -18,7 +18,9 @@ import numpy as np
 
 from ..errors import ImageFileError, JaxcamError, UnknownNameError
 from ..files import atomic_write
-from .common import add_images_arg, add_model_args, formatter, load, method_list, read_images, summary
+from ..table import escape_markdown
+from .common import (add_images_arg, add_model_args, file_stems, formatter, load, method_list, quote,
+                     read_images, summary)
 
 DEFAULT_NOISES = ("gaussian", "shot", "impulse", "speckle")
 DEFAULT_SEVERITIES = (1, 2, 3, 4, 5)
@@ -94,7 +96,7 @@ def run(args) -> None:
     from .. import robustness as R
 
     t0 = time.perf_counter()
-    args.resume_hint = RESUME_HINT
+    args.resume_hint = f"{RESUME_HINT} (the same command with --resume, --out {quote(args.out)})"
     methods = _methods(args.methods)
     _check_grid(args)
     source, n_images = _source(args)
@@ -194,8 +196,8 @@ def _check_out(out: str, resume: bool) -> None:
 
     parts = os.path.join(out, "parts")
     if not resume and os.path.isdir(parts) and any(f.endswith(".parquet") for f in os.listdir(parts)):
-        raise RunConfigError(f"{out} already holds results of a robustness run; pass --resume to continue it "
-                             "(same options), or choose another --out")
+        raise RunConfigError(f"{quote(out)} already holds results of a robustness run; pass --resume to continue "
+                             "it (same options), or choose another --out")
 
 
 def _check_methods_apply(model, methods) -> None:
@@ -252,7 +254,7 @@ def statistics_markdown(stats: list[NoiseStatistics]) -> str:
     for st in stats:
         lines += [f"## {st.noise}", ""]
         if st.friedman is None:
-            lines += [st.note, ""]
+            lines += [escape_markdown(st.note), ""]
             continue
         lines += ["Friedman:", "", st.friedman.table.to_markdown(), "", "Mean ranks:", "",
                   st.friedman.ranks.to_markdown(), "", "Nemenyi:", "", st.friedman.posthoc.to_markdown(), "",
@@ -311,8 +313,9 @@ def write_outputs(model, source, rows, out: str, args, *, report: bool, elapsed:
     figures = {"rm_by_noise.png": plots.rm_by_noise(summ),
                "similarity_vs_severity.png": plots.similarity_vs_severity(rows, args.similarity)}
     examples = example_maps(model, source, rows, args)
-    for image_id, png in examples:
-        figures[f"maps_{_safe(image_id)}.png"] = png
+    stems = file_stems([str(image_id) for image_id, _ in examples], "maps_.png", out)
+    for stem, (_, png) in zip(stems, examples):
+        figures[f"maps_{stem}.png"] = png
     for name, png in figures.items():
         atomic_write(os.path.join(out, name), png)
     written["report"] = os.path.join(out, "report.html")
@@ -324,10 +327,6 @@ def _summary_markdown(summ) -> str:
     return ("# Noise robustness summary\n\nC = mean similarity over pairs whose prediction did not change, "
             "Rsp = mean (1 - similarity) over pairs whose prediction changed, RM = C x Rsp; "
             "95% percentile bootstrap intervals.\n\n" + readable_summary(summ).to_markdown() + "\n")
-
-
-def _safe(name) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
 def example_maps(model, source, rows, args) -> list[tuple[str, bytes]]:
