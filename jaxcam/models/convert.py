@@ -7,22 +7,38 @@ array transposed (conv OIHW -> HWIO, linear (out, in) -> (in, out); a linear tha
 also has its rows permuted to NHWC order). Conversion is strict: every missing, unexpected or mis-shaped key is
 reported in one :class:`~jaxcam.StateDictError`; only BatchNorm's ``num_batches_tracked`` counters are dropped,
 since they do not affect inference.
+
+Weights files are untrusted: ``.npz`` archives are read with ``allow_pickle=False`` after their header is checked,
+so an empty, truncated, pickled or object-holding file is a :class:`~jaxcam.CorruptFileError` naming it, and
+``.pth`` files only through torch's ``weights_only=True`` loader. Non-finite values (one NaN in ``fc.weight``
+makes every logit NaN and every map blank) are refused with :class:`~jaxcam.NonFiniteParametersError`.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 
 import numpy as np
 from flax import nnx
 
-from ..errors import CheckpointError, MissingDependencyError, StateDictError
+from ..errors import (CheckpointError, CorruptFileError, InvalidArgumentError, MissingDependencyError,
+                      NonFiniteParametersError, StateDictError)
 from .architectures import Architecture, get_architecture
 from .model import Model
 
 _SUFFIX = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _IGNORED = ("num_batches_tracked",)
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local file header, or an empty zip's directory
+
+
+class WeightsFileNotFoundError(CheckpointError, FileNotFoundError):
+    """A weights path that does not exist, is a directory, a broken link or a link loop, or cannot be read."""
+
+
+class WeightsTypeError(InvalidArgumentError, TypeError):
+    """``weights`` of a type that is neither a path, a mapping of arrays nor a ``torch.nn.Module``."""
 
 
 def abstract_model(arch: Architecture | str, num_classes: int = 1000):
@@ -74,33 +90,97 @@ def expected_source_shapes(arch: Architecture | str, num_classes: int = 1000) ->
     return {k: _source_shape(arch, k, shape) for k, (_, shape) in key_map(arch, num_classes).items()}
 
 
+def check_weights_path(path: str | os.PathLike) -> str:
+    """``path`` as a string if it is a readable regular file, else :class:`WeightsFileNotFoundError` naming it."""
+    path = os.fspath(path)
+    hint = "pass a torchvision state dict saved as .pth/.pt or .npz"
+    if not os.path.exists(path):
+        what = "is a broken symbolic link or a link loop" if os.path.lexists(path) else "not found"
+        raise WeightsFileNotFoundError(f"weights file {path!r} {what}: {hint}")
+    if not os.path.isfile(path):
+        raise WeightsFileNotFoundError(f"weights file {path!r} is not a regular file (a directory?): {hint}")
+    if not os.access(path, os.R_OK):
+        raise WeightsFileNotFoundError(f"weights file {path!r} is not readable (permissions)")
+    return path
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """The numeric arrays of an ``.npz`` archive, never unpickling anything; :class:`~jaxcam.CorruptFileError`
+    naming the file and what is wrong with it otherwise (NumPy's own messages would suggest unsafe loading)."""
+    def bad(problem: str):
+        return CorruptFileError(f"weights file {path!r} {problem}: save the state dict with "
+                                "numpy.savez(path, **{key: array}) of numeric arrays")
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        raise bad("is empty (0 bytes)")
+    if not head.startswith(_ZIP_MAGIC):
+        if head.startswith(b"\x93NUMPY"):
+            raise bad("is a single .npy array, not an .npz archive of {key: array}")
+        if head[:1] == b"\x80":
+            raise bad("is a Python pickle, not an .npz archive; jaxcam never unpickles weights")
+        raise bad(f"is not an .npz archive (no zip header; it starts with {head!r})")
+    sd = {}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            for key in archive.files:
+                try:
+                    sd[key] = archive[key]
+                except ValueError as exc:
+                    problem = "an object array, which jaxcam never unpickles" if "pickle" in str(exc) else \
+                        f"no valid .npy array ({' '.join(str(exc).split())})"
+                    raise bad(f"holds {key!r} as {problem}") from None
+    except CorruptFileError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        detail = "" if "pickle" in str(exc) else f" ({' '.join(str(exc).split())})"
+        raise bad(f"is truncated or not a valid .npz archive{detail}") from None
+    if not sd:
+        raise bad("holds no arrays")
+    for key, a in sd.items():
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
+            kind = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+            raise bad(f"holds {key!r} as {kind}, not a numeric array")
+    return sd
+
+
+def _read_torch(path: str) -> Mapping:
+    """A .pth/.pt state dict through torch's ``weights_only=True`` loader (tensors and containers only)."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError(
+            f"reading {path!r} needs torch; install the extra: pip install 'jax-cam[torch]' (or convert the "
+            "file to .npz where torch is installed)") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt file
+        if type(exc).__name__ == "UnpicklingError":  # weights_only refused a Python object: never retry unsafely
+            raise CorruptFileError(f"cannot read weights file {path!r}: it holds Python objects besides tensors, "
+                                   "which jaxcam never unpickles; save model.state_dict() instead") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot read weights file {path!r} (truncated or not a torch checkpoint): "
+                              f"{first}") from None
+
+
 def read_state_dict(weights) -> dict[str, np.ndarray]:
     """A state dict as ``{key: numpy array}`` from a .pth/.pt path (needs torch), a .npz path, a mapping of arrays
     or tensors, or a ``torch.nn.Module``. A checkpoint that wraps its state dict under ``"state_dict"`` or
     ``"model"`` is unwrapped, and a ``"module."`` prefix carried by every key (DataParallel) is removed."""
     if isinstance(weights, (str, os.PathLike)):
-        path = os.fspath(weights)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"weights file not found: {path!r}")
-        if path.endswith(".npz"):
-            with np.load(path) as f:
-                sd = {k: f[k] for k in f.files}
-        else:
-            try:
-                import torch
-            except ImportError:
-                raise MissingDependencyError(
-                    f"reading {path!r} needs torch; install the extra: pip install 'jax-cam[torch]'") from None
-            try:
-                sd = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt file
-                raise CheckpointError(f"cannot read weights file {path!r}: {exc}") from None
+        path = check_weights_path(weights)
+        sd = read_npz(path) if path.lower().endswith(".npz") else _read_torch(path)
     elif hasattr(weights, "state_dict") and callable(weights.state_dict):
         sd = weights.state_dict()
     elif isinstance(weights, Mapping):
         sd = weights
     else:
-        raise TypeError(f"weights must be a path, a mapping of arrays or a torch.nn.Module, got {type(weights)!r}")
+        raise WeightsTypeError(f"weights must be a path, a mapping of arrays or a torch.nn.Module, got "
+                               f"{type(weights).__name__}")
+    if not isinstance(sd, Mapping):
+        raise CorruptFileError(f"weights {_describe(weights)} hold a {type(sd).__name__}, not a state dict "
+                               "{key: tensor}: save model.state_dict()")
     for wrapper in ("state_dict", "model"):
         if isinstance(sd.get(wrapper), Mapping):
             sd = sd[wrapper]
@@ -108,6 +188,30 @@ def read_state_dict(weights) -> dict[str, np.ndarray]:
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
+
+
+def _describe(weights) -> str:
+    return repr(os.fspath(weights)) if isinstance(weights, (str, os.PathLike)) else f"({type(weights).__name__})"
+
+
+def check_finite(arrays: Mapping[str, np.ndarray], source: str) -> None:
+    """Refuse parameters holding NaN or infinity (:class:`~jaxcam.NonFiniteParametersError` naming each one and
+    the counts): one NaN in a classifier makes every logit NaN and every map blank. One pass per array."""
+    bad = []
+    for key, a in arrays.items():
+        a = np.asarray(a)
+        if a.dtype.kind in "fc":
+            n = a.size - int(np.count_nonzero(np.isfinite(a)))
+            if n:
+                bad.append((key, n, int(np.count_nonzero(np.isnan(a)))))
+    if bad:
+        total = sum(n for _, n, _ in bad)
+        listed = ", ".join(f"{k!r} ({_counts(nan, n - nan)})" for k, n, nan in bad[:20])
+        more = f", ... ({len(bad) - 20} more)" if len(bad) > 20 else ""
+        raise NonFiniteParametersError(
+            f"{source} holds {total} non-finite value(s) (NaN or infinity) in {len(bad)} parameter(s): "
+            f"{listed}{more}; such weights give NaN logits and blank maps: export the weights again from a "
+            "model whose parameters are finite")
 
 
 def _as_numpy(v) -> np.ndarray:
@@ -121,11 +225,16 @@ def num_classes_of(arch: Architecture, sd: Mapping) -> int:
     return int(head.shape[0]) if head is not None and getattr(head, "ndim", 0) == 2 else 1000
 
 
+def _counts(nan: int, inf: int) -> str:
+    return " and ".join(c for c in (nan and f"{nan} NaN", inf and f"{inf} inf") if c)
+
+
 def convert_state_dict(arch: Architecture | str, weights, *, source: str | None = None) -> Model:
     """Build a :class:`Model` from a source state dict (see :func:`read_state_dict`). Strict: raises
     :class:`~jaxcam.StateDictError` listing every missing, unexpected and mis-shaped key."""
     arch = get_architecture(arch) if isinstance(arch, str) else arch
     sd = read_state_dict(weights)
+    source = source or (os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else "state dict")
     n = num_classes_of(arch, sd)
     graphdef, state = abstract_model(arch, n)
     kmap = {source_key(p): (p, tuple(v.shape)) for p, v in nnx.to_flat_state(state)}
@@ -139,6 +248,11 @@ def convert_state_dict(arch: Architecture | str, weights, *, source: str | None 
             mismatched.append((k, want, tuple(sd[k].shape)))
     if missing or unexpected or mismatched:
         raise StateDictError(arch.name, missing, unexpected, mismatched)
+    used = {k: sd[k] for k in kmap}
+    for k, a in used.items():
+        if a.dtype.kind not in "biuf":
+            raise InvalidArgumentError(f"weights from {source}: {k!r} has dtype {a.dtype}, expected real numbers")
+    check_finite(used, f"weights from {source}")
     pure = nnx.to_pure_dict(state)
     for k, (path, _) in kmap.items():
         node = pure
@@ -146,7 +260,7 @@ def convert_state_dict(arch: Architecture | str, weights, *, source: str | None 
             node = node[p]
         node[path[-1]] = np.ascontiguousarray(_to_flax(arch, k, sd[k].astype(np.float32)))
     nnx.replace_by_pure_dict(state, pure)
-    return Model(arch, graphdef, state, source=source or "state dict")
+    return Model(arch, graphdef, state, source=source)
 
 
 def model_state_dict(model: Model) -> dict[str, np.ndarray]:
@@ -159,8 +273,8 @@ def random_state_dict(arch: Architecture | str, seed: int = 0, num_classes: int 
     """Deterministic random weights in PyTorch layout, drawn from ``numpy.random.default_rng(seed)``.
 
     Scales keep activations of order one through the deepest networks, so logits are O(1) and parity tolerances
-    are meaningful: He-normal convs, LeCun-normal linears, BatchNorm gamma in [0.1, 0.5] on the last BN of a residual branch
-    and [0.5, 1.5] elsewhere, small biases and running means, running variances in [0.5, 1.5]."""
+    are meaningful: He-normal convs, LeCun-normal linears, BatchNorm gamma in [0.1, 0.5] on the last BN of a
+    residual branch and [0.5, 1.5] elsewhere, small biases and running means, running variances in [0.5, 1.5]."""
     arch = get_architecture(arch) if isinstance(arch, str) else arch
     rng = np.random.default_rng(seed)
     out = {}

@@ -7,14 +7,19 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..errors import CheckpointError, UnknownArchitectureError
+from ..errors import CheckpointError, InvalidArgumentError, UnknownArchitectureError
 from .architectures import ARCHITECTURES, get_architecture
-from .convert import convert_state_dict, random_state_dict, read_state_dict
+from .convert import WeightsTypeError, check_weights_path, convert_state_dict, random_state_dict, read_state_dict
 from .model import Model
-from .store import library_versions, load_saved, read_manifest, resolve_models_dir, save_model, sha256_file
+from .store import (MANIFEST, REPO_MODELS_DIR, check_name, check_target, library_versions, load_saved,
+                    read_manifest, resolve_models_dir, save_model, sha256_file)
 
 EMBEDDED = {"efficientnet_lite0": "efficientnet_lite0"}  # architecture -> manifest entry shipped in models/
 DEFAULT = "default"
+
+
+class NoBundledWeightsError(CheckpointError):
+    """An architecture asked for with its default weights, which only the embedded model has."""
 
 
 def load_model(name: str = "efficientnet_lite0", weights=DEFAULT, *, models_dir=None, seed: int = 0) -> Model:
@@ -26,39 +31,50 @@ def load_model(name: str = "efficientnet_lite0", weights=DEFAULT, *, models_dir=
       is the source file's sha256, so a changed file is converted again).
     - ``weights`` may also be a mapping of arrays or a ``torch.nn.Module`` (converted in memory, not cached).
     - ``weights=None``: deterministic random weights from ``numpy.random.default_rng(seed)`` (for tests).
-    - ``name`` may also be the name of any converted checkpoint recorded in the manifest.
+    - ``name`` may also be the name of any converted checkpoint recorded in the manifest (checked by
+      :func:`~jaxcam.models.store.check_name` first, so no name reaches outside the models directory).
+    - The embedded entries are found in the repository's ``models/`` when the chosen directory does not hold them
+      (so ``JAXCAM_MODELS_DIR`` can point at a store of one's own conversions).
     """
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"name must be an architecture or stored model name (a string), got "
+                                   f"{type(name).__name__} {name!r}")
     if name not in ARCHITECTURES:
-        entries = _manifest_or_empty(models_dir)
-        if name in entries:
-            return load_saved(name, models_dir)
-        raise UnknownArchitectureError(name, list(ARCHITECTURES) + sorted(set(entries) - set(ARCHITECTURES)))
+        check_name(name)
+        entries = read_manifest(models_dir)["models"]
+        if name not in entries:
+            raise UnknownArchitectureError(name, list(ARCHITECTURES) + sorted(set(entries) - set(ARCHITECTURES)))
+        if not (isinstance(weights, str) and weights == DEFAULT):
+            raise InvalidArgumentError(f"{name!r} is a stored checkpoint with its own weights; weights= applies to "
+                                       "architecture names only: drop it, or load the architecture with weights=...")
+        return load_saved(name, models_dir)
     arch = get_architecture(name)
     if weights is None:
         return convert_state_dict(arch, random_state_dict(arch, seed), source=f"random weights (numpy seed {seed})")
     if isinstance(weights, str) and weights == DEFAULT:
         if name not in EMBEDDED:
-            raise CheckpointError(f"{name} has no bundled weights: pass weights='path/to/torchvision.pth' (converted "
-                                  "once and cached) or weights=None for random weights")
-        return load_saved(EMBEDDED[name], models_dir)
+            raise NoBundledWeightsError(f"{name} has no bundled weights: pass weights='path/to/torchvision.pth' "
+                                        "(converted once and cached) or weights=None for random weights")
+        return load_embedded(EMBEDDED[name], models_dir)
     if isinstance(weights, (str, os.PathLike)):
         return _load_file(name, os.fspath(weights), models_dir)
     if isinstance(weights, Mapping) or hasattr(weights, "state_dict"):
         return convert_state_dict(arch, weights, source=f"in-memory {type(weights).__name__}")
-    raise TypeError(f"weights must be 'default', None, a path, a mapping of arrays or a torch.nn.Module; "
-                    f"got {type(weights).__name__}")
+    raise WeightsTypeError(f"weights must be 'default', None, a path, a mapping of arrays or a torch.nn.Module; "
+                           f"got {type(weights).__name__}")
 
 
-def _manifest_or_empty(models_dir) -> dict:
-    try:
-        return read_manifest(models_dir)["models"]
-    except CheckpointError:
-        return {}
+def load_embedded(entry: str, models_dir=None) -> Model:
+    """An embedded checkpoint from the chosen models directory when its manifest records it, else from the
+    repository's ``models/`` (:data:`~jaxcam.models.store.REPO_MODELS_DIR`), where it ships."""
+    root = resolve_models_dir(models_dir)
+    if entry not in read_manifest(root)["models"] and (REPO_MODELS_DIR / MANIFEST).is_file():
+        root = REPO_MODELS_DIR
+    return load_saved(entry, root)
 
 
 def _load_file(name: str, path: str, models_dir) -> Model:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path!r}")
+    path = check_weights_path(path)
     digest = sha256_file(path)
     entry_name = f"{name}-{digest[:12]}"
     entry = read_manifest(models_dir)["models"].get(entry_name)
@@ -70,7 +86,9 @@ def _load_file(name: str, path: str, models_dir) -> Model:
 def convert_and_save(name: str, weights, entry_name: str, *, models_dir=None, source_sha256: str | None = None,
                      source: str | None = None) -> Model:
     """Convert a torchvision state dict, measure logit parity against torchvision (when torch is installed),
-    write the checkpoint and its manifest entry, and return the model."""
+    write the checkpoint and its manifest entry, and return the model. ``entry_name`` is checked (and its folder
+    found free or replaceable, see :func:`~jaxcam.models.store.check_target`) before any work."""
+    check_target(entry_name, models_dir)
     sd = read_state_dict(weights)
     source = source or (os.path.abspath(weights) if isinstance(weights, (str, os.PathLike)) else "state dict")
     model = convert_state_dict(name, sd, source=source)
@@ -99,7 +117,8 @@ def torch_parity(model: Model, sd: Mapping) -> tuple[float | None, str]:
     tmodel = getattr(torchvision.models, model.arch.torchvision)(num_classes=model.num_classes)
     res = tmodel.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=False)
     if res.unexpected_keys or any(not k.endswith("num_batches_tracked") for k in res.missing_keys):
-        raise RuntimeError(f"torchvision {model.arch.torchvision} rejected the state dict: {res}")
+        raise CheckpointError(f"torchvision {model.arch.torchvision} rejected the state dict: "
+                              f"{' '.join(str(res).split())}")
     tmodel.eval()
     x = parity_batch(model.arch.input_size)
     with torch.no_grad():
