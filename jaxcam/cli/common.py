@@ -24,9 +24,10 @@ def formatter():
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="efficientnet_lite0",
                    help="architecture or converted checkpoint name (default: the embedded efficientnet_lite0)")
-    p.add_argument("--weights", help="torchvision state dict (.pth/.pt/.npz), converted once and cached")
+    p.add_argument("--weights", metavar="FILE",
+                   help="torchvision state dict (.pth/.pt/.npz) for an architecture --model, converted once and cached")
     p.add_argument("--random-weights", action="store_true",
-                   help="deterministic random weights (for testing; no download, no conversion)")
+                   help="deterministic random weights for an architecture --model (for testing; no conversion)")
 
 
 def add_images_arg(p: argparse.ArgumentParser) -> None:
@@ -38,10 +39,26 @@ def add_images_arg(p: argparse.ArgumentParser) -> None:
 
 
 def load(args):
-    """The model the arguments name."""
-    from ..models.loader import load_model
+    """The model the arguments name. Requests the API would answer in its own terms (``weights=None``) are
+    answered here in the command line's (``--weights``, ``--random-weights``); names go through the store's one
+    validator inside ``load_model``."""
+    from ..errors import InvalidArgumentError, closest
+    from ..models.architectures import ARCHITECTURES
+    from ..models.loader import EMBEDDED, NoBundledWeightsError, load_model
 
-    weights = None if args.random_weights else (args.weights or "default")
+    given = [f for f, on in (("--weights", args.weights is not None), ("--random-weights", args.random_weights)) if on]
+    if len(given) == 2:
+        raise InvalidArgumentError("--weights and --random-weights exclude each other: pass one of them")
+    if args.model not in ARCHITECTURES and given:
+        near = closest(args.model, ARCHITECTURES)
+        hint = f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""
+        raise InvalidArgumentError(f"{given[0]} applies to an architecture --model (`jaxcam models` lists them); "
+                                   f"{args.model!r} is not one{hint}: name an architecture, or drop {given[0]} to "
+                                   "load a stored checkpoint")
+    if args.model in ARCHITECTURES and args.model not in EMBEDDED and not given:
+        raise NoBundledWeightsError(f"{args.model} has no bundled weights: pass --weights FILE (a torchvision "
+                                    ".pth/.npz, converted once) or --random-weights")
+    weights = None if args.random_weights else (args.weights if args.weights is not None else "default")
     return load_model(args.model, weights=weights)
 
 

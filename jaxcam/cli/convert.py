@@ -43,23 +43,25 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> None:
-    from ..models.architectures import ARCHITECTURES
     from ..errors import UnknownArchitectureError
+    from ..models.architectures import ARCHITECTURES
+    from ..models.convert import check_weights_path
     from ..models.loader import convert_and_save
-    from ..models.store import read_manifest, resolve_models_dir, sha256_file
+    from ..models.store import check_target, read_manifest, resolve_models_dir, sha256_file
 
     t0 = time.perf_counter()
     if args.arch not in ARCHITECTURES:
         raise UnknownArchitectureError(args.arch, ARCHITECTURES)
-    if not os.path.isfile(args.weights):
-        raise FileNotFoundError(f"weights file not found: {args.weights}")
-    digest = sha256_file(args.weights)
-    name = args.name or f"{args.arch}-{digest[:12]}"
-    _check_name(name, ARCHITECTURES)
+    if args.name is not None:
+        _check_name(args.name, ARCHITECTURES)
+    digest = sha256_file(check_weights_path(args.weights))
+    name = args.name if args.name is not None else f"{args.arch}-{digest[:12]}"
     root = resolve_models_dir(args.models_dir)
     _check_models_dir(root)
+    check_target(name, root)
     entry = read_manifest(root)["models"].get(name)
-    if entry is not None and entry.get("source_sha256") == digest and entry.get("arch") == args.arch:
+    if entry is not None and entry.get("source_sha256") == digest and entry.get("arch") == args.arch and \
+            _intact(name, entry, root):
         print(f"{args.weights} is already converted as {name!r} in {root} (same sha256); nothing to do")
         verb = "cached"
     else:
@@ -74,12 +76,27 @@ def run(args) -> None:
 
 
 def _check_name(name: str, architectures) -> None:
-    """A stored model's name must be usable as ``--model NAME``: not an architecture name, no path separators."""
+    """A stored model's name must be usable as ``--model NAME``: not an architecture name, and a plain name by the
+    store's one validator (the API's ``convert_and_save`` and ``load_model`` use the same)."""
+    from ..models.store import check_name
+
     if name in architectures:
         raise ConvertArgumentError(f"--name {name!r} is an architecture name; `--model {name}` would load the "
                                    "architecture, not this checkpoint: choose another name")
-    if not name or name.startswith(".") or any(c in name for c in "/\\") or name != name.strip():
-        raise ConvertArgumentError(f"--name {name!r} must be a plain name (no path separators, no leading dot)")
+    check_name(name, "--name")
+
+
+def _intact(name: str, entry: dict, root) -> bool:
+    """Whether a recorded conversion's files are all present and unaltered (a damaged one is converted again and
+    replaced; a tampered manifest entry is still an error)."""
+    from ..errors import ChecksumMismatchError, MissingCheckpointFilesError
+    from ..models.store import verify_files
+
+    try:
+        verify_files(name, entry, root)
+    except (ChecksumMismatchError, MissingCheckpointFilesError):
+        return False
+    return True
 
 
 def _check_models_dir(root) -> None:

@@ -1,7 +1,9 @@
-"""``jaxcam predict``: top-k ImageNet predictions."""
+"""``jaxcam predict``: top-k ImageNet predictions. ``-k`` is checked before any image is decoded or any model
+loaded, against the model's class count once it is loaded and before anything is computed."""
 
 from __future__ import annotations
 
+from ..errors import InvalidArgumentError
 from .common import add_images_arg, add_model_args, formatter, load, read_images, summary
 
 EXAMPLES = """examples:
@@ -19,8 +21,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> None:
+    if args.k < 1:
+        raise InvalidArgumentError(f"-k must be at least 1 (how many classes to show), got {args.k}")
     names, images = read_images(args.images)
     model = load(args)
+    if args.k > model.num_classes:
+        raise InvalidArgumentError(f"-k {args.k} is more than {model.name}'s {model.num_classes} classes: pass "
+                                   f"-k {model.num_classes} or fewer")
     pred = model.predict(images, k=args.k)
     print(f"{model.name} ({model.source})")
     for name, classes, probs, labels in zip(names, pred.classes, pred.probs, pred.names):
