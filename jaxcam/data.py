@@ -359,10 +359,10 @@ def to_rgb(image, name: str = "image", *, max_pixels: int | None = None, size_hi
 
 
 def _to_unit_float(arr: np.ndarray, name: str) -> np.ndarray:
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0
+    if arr.dtype in (np.uint8, np.uint16):  # divided in place: one float32 copy of a large photo, not two
+        out = arr.astype(np.float32)
+        out /= 255.0 if arr.dtype == np.uint8 else 65535.0
+        return out
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
     if np.issubdtype(arr.dtype, np.floating):
