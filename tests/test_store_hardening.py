@@ -10,6 +10,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jaxcam.cli import main
 from jaxcam.errors import (CheckpointError, CorruptFileError, InvalidNameError, MissingDependencyError,
@@ -283,6 +285,27 @@ def test_broken_npz_files_name_the_file_and_never_suggest_pickle(tmp_path):
     assert snapshot(tmp_path) == before and not (tmp_path / "m").exists()
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(0, 2000), flips=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 7)), max_size=6),
+       compressed=st.booleans())
+def test_npz_fuzz_is_a_state_dict_or_a_corrupt_file_error(tmp_path, cut, flips, compressed):
+    """Truncations and bit flips of a small .npz (stored or deflated): every outcome is numeric arrays or a
+    CorruptFileError (zlib errors, unsupported zip versions or encryption flags included)."""
+    path = tmp_path / "fuzz.npz"
+    (np.savez_compressed if compressed else np.savez)(
+        path, **{"fc.weight": np.arange(12, dtype=np.float32).reshape(3, 4), "fc.bias": np.ones(3, np.int64)})
+    data = bytearray(path.read_bytes())
+    for pos, bit in flips:
+        data[pos % len(data)] ^= 1 << bit
+    path.write_bytes(bytes(data[:cut]) if cut < len(data) else bytes(data))
+    try:
+        sd = read_state_dict(path)
+    except CorruptFileError as exc:
+        assert str(path) in _one_line(exc) and "allow_pickle" not in str(exc)
+    else:
+        assert sd and all(a.dtype.kind in "biuf" for a in sd.values())
+
+
 def test_npz_reading_never_allows_pickle(tmp_path, monkeypatch, sd):
     seen = []
     real = np.load
@@ -333,10 +356,13 @@ def test_damaged_manifest_entry_names_file_and_entry(case, layout, model):
     assert snapshot(tmp) == before
 
 
-@pytest.mark.parametrize("text", ["{not json", '{"format": 1, "mod', "[]", '{"models": []}', ""])
+@pytest.mark.parametrize("text", ["{not json", '{"format": 1, "mod', "[]", '{"models": []}', "", None])
 def test_garbage_manifest_names_the_file(text, layout):
     tmp, models, _ = layout
-    (models / "manifest.json").write_text(text)
+    if text is None:
+        os.mkfifo(models / "manifest.json")  # reading it would block forever
+    else:
+        (models / "manifest.json").write_text(text)
     with pytest.raises(CheckpointError, match=f"corrupt model manifest {str(models / 'manifest.json')!r}"):
         load_model("pets", models_dir=models)
 
@@ -384,6 +410,21 @@ def test_cli_model_arguments_are_one_line(argv, message, tmp_path, monkeypatch, 
 def test_api_keeps_its_own_wording():
     with pytest.raises(CheckpointError, match=r"weights='path/to/torchvision.pth'.*weights=None"):
         load_model("resnet18")
+
+
+def test_convert_replaces_a_damaged_cached_conversion(tmp_path, sd, capsys):
+    weights = tmp_path / "w.npz"
+    np.savez(weights, **sd)
+    models = tmp_path / "m"
+    argv = ["convert", "resnet18", str(weights), "--name", "pets", "--models-dir", str(models)]
+    assert main(argv) == 0
+    entry = json.loads((models / "manifest.json").read_text())["models"]["pets"]
+    biggest = max(entry["files"], key=lambda f: entry["files"][f]["bytes"])
+    (models / "pets" / biggest).write_bytes(b"damaged")
+    capsys.readouterr()
+    assert main(argv) == 0 and "convert: converted resnet18" in capsys.readouterr().out
+    np.testing.assert_array_equal(load_model("pets", models_dir=models)(X), convert_state_dict("resnet18", sd)(X))
+    assert sorted(os.listdir(models)) == ["manifest.json", "pets"]
 
 
 # 8. jaxcam convert --name through the same validator -----------------------------------------------------------------

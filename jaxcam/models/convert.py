@@ -17,7 +17,6 @@ makes every logit NaN and every map blank) are refused with :class:`~jaxcam.NonF
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -133,7 +132,9 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
                     raise bad(f"holds {key!r} as {problem}") from None
     except CorruptFileError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except MemoryError:
+        raise bad("declares an array larger than the memory available") from None
+    except Exception as exc:  # noqa: BLE001 - zipfile, zlib, bz2, lzma and numpy raise many types for a bad archive
         detail = "" if "pickle" in str(exc) else f" ({' '.join(str(exc).split())})"
         raise bad(f"is truncated or not a valid .npz archive{detail}") from None
     if not sd:

@@ -125,6 +125,8 @@ def read_manifest(models_dir: str | os.PathLike | None = None) -> dict:
     if not os.path.lexists(path):
         return {"format": 1, "models": {}}
     try:
+        if not path.is_file():  # a folder, a FIFO (which would block the read) or a dangling link
+            raise ValueError("not a regular file")
         manifest = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
             raise ValueError("no 'models' table")
