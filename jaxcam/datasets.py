@@ -190,7 +190,8 @@ def _load(rec: _Record, size: int, mode: str):
     try:
         item_id, raw, label = rec.load()
         name = raw if isinstance(raw, (str, os.PathLike)) else f"item {item_id!r}"
-        return rec.position, item_id, resize(to_rgb(raw, name=str(name)), size, mode), int(label)
+        # size_hint: a photo many times the run's size decodes at reduced scale (JPEG draft, uint8 reduce)
+        return rec.position, item_id, resize(to_rgb(raw, name=str(name), size_hint=size), size, mode), int(label)
     except ImageError as exc:
         return exc
 

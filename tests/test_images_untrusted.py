@@ -353,6 +353,26 @@ def test_max_pixels_flag(tmp_path, capsys):
         assert says in one_error_line(capsys.readouterr().err)
     assert os.listdir(out) == []
     assert data.pixel_cap() == data.DEFAULT_MAX_PIXELS  # the flag's scope ended with the command
+    # every command that reads images honours the flag (the CLI sets it around the whole command)
+    assert main(["predict", str(path), *R18, "--max-pixels", "3000"]) == 2
+    assert "cap of 3,000 pixels" in one_error_line(capsys.readouterr().err)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(encoded(smooth(48, 64)))
+    assert main(["robustness", "--dataset", f"folder:{folder}", *R18, "--max-pixels", "3000", "--noises",
+                 "gaussian", "--severities", "1", "--draws", "1", "--out", str(tmp_path / "rob")]) == 2
+    assert "cap of 3,000 pixels" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "rob").exists()
+    assert data.pixel_cap() == data.DEFAULT_MAX_PIXELS
+
+
+def test_model_preprocess_takes_the_cap(tmp_path):
+    path = tmp_path / "small.png"
+    path.write_bytes(encoded(smooth(48, 64)))
+    model = jaxcam.load_model("resnet18", weights=None)
+    with pytest.raises(jaxcam.ImageTooLargeError, match="cap of 3,000 pixels"):
+        model.preprocess([str(path)], max_pixels=3000)
+    assert model.preprocess([str(path)], max_pixels=3072).shape == (1, 224, 224, 3)
 
 
 # -- 2 and 3 end to end: one jaxcam explain run ----------------------------------------------------------------

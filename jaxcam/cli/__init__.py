@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ..compilation_cache import enable_compilation_cache
+from ..data import max_pixels_scope
 from ..errors import JaxcamError
 from . import bench, convert, evaluate, explain, info, predict, robustness
 
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     enable_compilation_cache()
     try:
-        args.func(args)
+        with max_pixels_scope(getattr(args, "max_pixels", None)):  # --max-pixels reaches every image a command reads
+            args.func(args)
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -146,10 +146,11 @@ class Model:
         """Logits (N, num_classes) of a preprocessed batch (N, H, W, 3)."""
         return self.forward_fn(self.check_input(x))
 
-    def preprocess(self, images, resize_mode: str = "stretch") -> jax.Array:
-        """Images (paths, PIL images, arrays; see :mod:`jaxcam.data`) to this model's normalised input."""
+    def preprocess(self, images, resize_mode: str = "stretch", *, max_pixels: int | None = None) -> jax.Array:
+        """Images (paths, PIL images, arrays; see :mod:`jaxcam.data`) to this model's normalised input.
+        ``max_pixels``: the decoding cap for image files (default ``$JAXCAM_MAX_PIXELS`` or 150 megapixels)."""
         return jnp.asarray(preprocess(images, size=self.arch.input_size, mean=self.arch.mean, std=self.arch.std,
-                                      resize_mode=resize_mode))
+                                      resize_mode=resize_mode, max_pixels=max_pixels))
 
     def predict(self, images, k: int = 5, *, preprocessed: bool = False) -> Predictions:
         """Top-``k`` classes, softmax probabilities and class names of ``images``."""
