@@ -44,7 +44,7 @@ from importlib import resources
 import numpy as np
 
 from .errors import (ImageDtypeError, ImageError, ImageFileError, ImageShapeError, ImageTooLargeError,
-                     InvalidArgumentError, JaxcamError, NonFiniteImageError)
+                     InvalidArgumentError, JaxcamError, NonFiniteImageError, UnknownNameError)
 
 SAMPLE_IMAGES = ("chelsea", "coffee", "astronaut", "rocket")
 RESIZE_MODES = ("stretch", "center_crop")
@@ -413,7 +413,7 @@ def resize(image: np.ndarray, size: int, mode: str = "stretch") -> np.ndarray:
     from PIL import Image
 
     if mode not in RESIZE_MODES:
-        raise ValueError(f"unknown resize mode {mode!r}; valid modes: {', '.join(RESIZE_MODES)}")
+        raise UnknownNameError(mode, RESIZE_MODES, "resize mode")
     h, w = image.shape[:2]
     if mode == "stretch":
         target = (size, size)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import MissingDependencyError
+from .errors import InvalidArgumentError, MissingDependencyError
 from .table import Table
 from .viz import drawable_text as _text
 from .viz import plain_text
@@ -127,9 +127,9 @@ def picture_grid(pictures: Sequence[Sequence[np.ndarray]], row_labels: Sequence[
     short note under each picture (e.g. the similarity of a noisy map to the clean one)."""
     n_rows, n_cols = len(pictures), max((len(r) for r in pictures), default=0)
     if n_rows == 0 or n_cols == 0:
-        raise ValueError("picture_grid needs at least one picture")
+        raise InvalidArgumentError("picture_grid needs at least one picture")
     if len(row_labels) != n_rows or len(column_labels) != n_cols:
-        raise ValueError(f"picture_grid: {n_rows} x {n_cols} pictures but {len(row_labels)} row labels and "
+        raise InvalidArgumentError(f"picture_grid: {n_rows} x {n_cols} pictures but {len(row_labels)} row labels and "
                          f"{len(column_labels)} column labels")
     fig = _figure(0.6 + cell * n_cols, 0.3 + cell * n_rows)
     axes = fig.subplots(n_rows, n_cols, squeeze=False)

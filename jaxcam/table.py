@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .errors import InvalidArgumentError
+
 # OWASP's CSV injection list: a cell starting with one of these is a formula (or starts one) in Excel/LibreOffice
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -50,7 +52,7 @@ class Table:
         cols = {str(k): _column(v) for k, v in (columns or {}).items()}
         lengths = {k: len(v) for k, v in cols.items()}
         if len(set(lengths.values())) > 1:
-            raise ValueError(f"table columns differ in length: {lengths}")
+            raise InvalidArgumentError(f"table columns differ in length: {lengths}")
         self._cols = cols
 
     @classmethod

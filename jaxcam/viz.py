@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .errors import MapError, MissingDependencyError
+from .errors import InvalidArgumentError, MapError, MissingDependencyError
 
 COMMON_CMAPS = ("inferno", "viridis", "magma", "plasma", "cividis", "turbo", "jet", "gray")  # listed first in errors
 
@@ -88,9 +88,9 @@ def check_alpha(alpha: float) -> float:
     try:
         value = float(alpha)
     except (TypeError, ValueError):
-        raise ValueError(f"alpha (the heat map's opacity) must be a number in [0, 1], got {alpha!r}") from None
+        raise InvalidArgumentError(f"alpha (the heat map's opacity) must be a number in [0, 1], got {alpha!r}") from None
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"alpha (the heat map's opacity) must be in [0, 1], got {alpha}")
+        raise InvalidArgumentError(f"alpha (the heat map's opacity) must be in [0, 1], got {alpha}")
     return value
 
 
@@ -174,10 +174,10 @@ def _grid_labels(maps: Mapping[str, Sequence], rows: int, titles, row_labels) ->
         if given is None:
             titles[col] = [str(col)] * rows
         elif len(given) != rows:
-            raise ValueError(f"column {col!r} has {len(given)} titles for {rows} images")
+            raise InvalidArgumentError(f"column {col!r} has {len(given)} titles for {rows} images")
     labels = list(row_labels) if row_labels is not None else [""] * rows
     if len(labels) != rows:
-        raise ValueError(f"got {len(labels)} row labels for {rows} images")
+        raise InvalidArgumentError(f"got {len(labels)} row labels for {rows} images")
     return titles, labels
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InvalidArgumentError
 from ..files import atomic_write
 from .common import (add_images_arg, add_model_args, check_output_paths, display_name, file_stems, formatter,
                      load, output_directory, quote, read_images, summary)
@@ -126,7 +127,7 @@ def check_options(args) -> tuple[Targets, list[str], list | None]:
     check_alpha(args.alpha)
     check_cmap(args.cmap)
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be a positive number of images, got {args.batch_size}")
+        raise InvalidArgumentError(f"--batch-size must be a positive number of images, got {args.batch_size}")
     return parse_targets(args.target), method_names(args.method), parse_layers(args.layer)
 
 
@@ -134,7 +135,7 @@ def _swallowed(flag: str, value) -> None:
     """A multi-value option placed before the images takes them as its values: when a rejected value is a file,
     say so plainly instead of listing valid names."""
     if isinstance(value, str) and os.path.isfile(value):
-        raise ValueError(f"{flag} got the file {value!r}; list image files before {flag} (or after '--')")
+        raise InvalidArgumentError(f"{flag} got the file {value!r}; list image files before {flag} (or after '--')")
 
 
 def method_names(values) -> list[str]:
@@ -156,17 +157,17 @@ def parse_targets(values) -> Targets:
     tops = [v for v in values if re.fullmatch(r"top\d+", v)]
     if tops:
         if len(values) > 1:
-            raise ValueError(f"--target {tops[0]} must be given alone, got {' '.join(values)}")
+            raise InvalidArgumentError(f"--target {tops[0]} must be given alone, got {' '.join(values)}")
         k = int(tops[0][3:])
         if k < 1:
-            raise ValueError(f"--target {tops[0]}: K must be at least 1")
+            raise InvalidArgumentError(f"--target {tops[0]}: K must be at least 1")
         return Targets(top=k)
     try:
         return Targets(top=None, classes=tuple(int(v) for v in values))
     except ValueError:
         bad = next(v for v in values if not re.fullmatch(r"[+-]?\d+", v))
         _swallowed("--target", bad)
-        raise ValueError(f"--target takes class indices, 'top1' or 'topK' (e.g. top5), got {bad!r}") from None
+        raise InvalidArgumentError(f"--target takes class indices, 'top1' or 'topK' (e.g. top5), got {bad!r}") from None
 
 
 def parse_layers(values) -> list | None:
