@@ -350,6 +350,9 @@ def to_rgb(image, name: str = "image", *, max_pixels: int | None = None, size_hi
     elif type(image).__module__.startswith("PIL."):
         arr = _from_pil_image(image, name, max_pixels, size_hint)
     else:
+        if image is None or isinstance(image, (bytes, bytearray, dict, set, int, float, complex, bool)):
+            raise ImageDtypeError(f"{name} is {type(image).__name__} {str(image)[:60]!r}; pass a file path, a PIL "
+                                  "image or an HxW / HxWx1 / HxWx3 / HxWx4 array (a list of them for a batch)")
         try:
             arr = np.asarray(image)
         except Exception as exc:  # noqa: BLE001 - anything numpy cannot take is a wrong input type

@@ -31,9 +31,16 @@ def test_layer_of_the_wrong_type(toy, x):
         jaxcam.explain(toy, x, preprocessed=True, layer=["relu", 1.5])
 
 
-def test_no_images(toy):
-    with pytest.raises(JaxcamError, match="image"):
-        jaxcam.explain(toy, None)
+@pytest.mark.parametrize("images, match", [
+    (None, "image is NoneType 'None'; pass a file path, a PIL image or an HxW"),
+    (3, "image is int '3'; pass a file path"),
+    (b"\x89PNG", "image is bytes"),
+    ({"a": 1}, "image is dict"),
+    ([], r"no images given \(empty list\)"),
+])
+def test_no_images(toy, images, match):
+    with pytest.raises(JaxcamError, match=match):
+        jaxcam.explain(toy, images)
 
 
 @pytest.mark.parametrize("method", [3, None, {"gradcam"}])
