@@ -227,7 +227,7 @@ def test_batch_wrapper_keywords_and_callables():
 
 def test_errors_name_the_problem():
     a = np.zeros((2, 16, 16), np.float32)
-    with pytest.raises(UnknownNameError, match="'spearmann' for similarity; valid names: 'spearman'"):
+    with pytest.raises(UnknownNameError, match="'spearmann' for similarity; did you mean 'spearman'.*; valid names: 'spearman'"):
         sim.similarity("spearmann", a, a)
     with pytest.raises(ValueError):  # typed errors are also ValueErrors
         sim.similarity("nope", a, a)
