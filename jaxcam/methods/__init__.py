@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import activation, fullgrad, gradient, multipass, perturbation
+from . import activation, fullgrad, gradient, multipass, perturbation, ssa
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,9 @@ METHODS: dict[str, MethodSpec] = {
     "reciprocam": MethodSpec("reciprocam", perturbation.reciprocam, "perturbation", "map", False, "1F+hw*F_h",
                              "Byun & Lee, arXiv 2209.14074", "closed-form tests", head_passes="h*w",
                              options=("gaussian",)),
+    "ssa": MethodSpec("ssa", ssa.ssa, "gradient", "map", True, "1F+1B+(hw)^2 affinity per layer",
+                      "Sun & Li, arXiv 2111.03392 ([ours] affinity and fusion)",
+                      "closed-form tests (block affinity = region means)", options=("base",)),
 }
 
 
