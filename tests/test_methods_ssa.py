@@ -149,3 +149,12 @@ def test_ssa_stages_polishes_the_deepest_cam_with_every_stage(resnet18):
     assert out.shape == (64, 64) and np.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
     with pytest.raises(InvalidArgumentError, match="at least one layer"):
         ssa_stages([], ctx)
+
+
+def test_ssa_stages_at_one_layer_is_the_registered_ssa(toy):
+    """With one layer the paper's form and the per-layer method agree, so a driver kind passing every layer at
+    once can take over the registry line without changing single-layer maps."""
+    maps = np.asarray(jaxcam.explain(toy, toy_input(), "ssa", layer="relu", preprocessed=True))
+    per_example, ctx = toy_inputs(toy, ("relu",))
+    for i, inputs in enumerate(per_example):
+        np.testing.assert_allclose(np.asarray(ssa_stages(inputs, ctx)), maps[i], atol=1e-5)
