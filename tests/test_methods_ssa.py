@@ -85,7 +85,7 @@ def toy_inputs(model, sites):
     """Per-site, per-example Inputs of the toy model (Grad-CAM's logit target), as the driver builds them."""
     x = toy_input()
     score = jaxcam.targets.resolve("logit")
-    cap = capture(model.tapped.apply, model.params, x, sites, (score,))
+    cap = jax.jit(lambda p, v: capture(model.tapped.apply, p, v, sites, (score,)))(model.params, x)
     ctx = Context(replay=None, forward=None, score=score, batch_size=4)
     per_site = [[Inputs(cap.acts[s][i], cap.grads[score][s][i], None, cap.logits[i], cap.classes[i], x[i],
                         jax.random.key(0)) for s in sites] for i in range(x.shape[0])]
@@ -135,7 +135,7 @@ def test_ssa_stages_polishes_the_deepest_cam_with_every_stage(resnet18):
     x = jnp.asarray(np.random.default_rng(4).standard_normal((1, 64, 64, 3)).astype(np.float32))
     sites = (resnet18.layer_site("layer3"), resnet18.layer_site("layer4"))
     score = jaxcam.targets.resolve("logit")
-    cap = capture(resnet18.tapped.apply, resnet18.params, x, sites, (score,))
+    cap = jax.jit(lambda p, v: capture(resnet18.tapped.apply, p, v, sites, (score,)))(resnet18.params, x)
     inputs = [Inputs(cap.acts[s][0], cap.grads[score][s][0], None, cap.logits[0], cap.classes[0], x[0],
                      jax.random.key(0)) for s in sites]
     ctx = Context(replay=None, forward=None, score=score, batch_size=4)
