@@ -22,10 +22,14 @@ def formatter():
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="efficientnet_lite0",
-                   help="architecture or converted checkpoint name (default: the embedded efficientnet_lite0)")
+    p.add_argument("--model", default="efficientnet_lite0", metavar="NAME|MODULE:FACTORY",
+                   help="architecture or converted checkpoint name (default: the embedded efficientnet_lite0), or "
+                        "your own model as module.path:factory, a Python function of no arguments returning a "
+                        "jaxcam.Model (e.g. my_models:build for ./my_models.py: the current directory is put on "
+                        "sys.path as python -m does; importing it runs its code, so name only modules you trust)")
     p.add_argument("--weights", metavar="FILE",
-                   help="torchvision state dict (.pth/.pt/.npz) for an architecture --model, converted once and cached")
+                   help="torchvision state dict (.pth/.pt/.npz) for an architecture --model, converted once and cached "
+                        "(not for a module:factory model, which loads its own)")
     p.add_argument("--random-weights", action="store_true",
                    help="deterministic random weights for an architecture --model (for testing; no conversion)")
 
@@ -41,14 +45,21 @@ def add_images_arg(p: argparse.ArgumentParser) -> None:
 def load(args):
     """The model the arguments name. Requests the API would answer in its own terms (``weights=None``) are
     answered here in the command line's (``--weights``, ``--random-weights``); names go through the store's one
-    validator inside ``load_model``."""
+    validator inside ``load_model``; a ``module.path:factory`` is imported and called (:mod:`jaxcam.cli.factory`)."""
     from ..errors import InvalidArgumentError, closest
     from ..models.architectures import ARCHITECTURES
     from ..models.loader import EMBEDDED, NoBundledWeightsError, load_model
+    from .factory import is_factory_spec, load_factory
 
     given = [f for f, on in (("--weights", args.weights is not None), ("--random-weights", args.random_weights)) if on]
     if len(given) == 2:
         raise InvalidArgumentError("--weights and --random-weights exclude each other: pass one of them")
+    if is_factory_spec(args.model):
+        if given:
+            raise InvalidArgumentError(f"{given[0]} does not apply to --model {args.model!r}: a module:factory "
+                                       f"model comes with its own weights; drop {given[0]} (load weights inside the "
+                                       "factory)")
+        return load_factory(args.model)
     if args.model not in ARCHITECTURES and given:
         near = closest(args.model, ARCHITECTURES)
         hint = f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""
