@@ -13,7 +13,7 @@ import sys
 from ..compilation_cache import enable_compilation_cache
 from ..data import max_pixels_scope
 from ..errors import JaxcamError
-from . import bench, convert, evaluate, explain, info, predict, robustness
+from . import bench, convert, evaluate, explain, info, layers, predict, robustness
 
 EXAMPLES = """examples:
   jaxcam explain                                  Grad-CAM of the embedded model on scikit-image's sample photos
@@ -27,7 +27,7 @@ Compiled programs are cached under ~/.cache/jaxcam/xla (JAXCAM_COMPILATION_CACHE
 so a second run starts in seconds.
 """
 
-SUBCOMMANDS = (explain, robustness, evaluate, convert, info, predict, bench)
+SUBCOMMANDS = (explain, robustness, evaluate, convert, info, layers, predict, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
