@@ -23,6 +23,7 @@ MODELS_EXAMPLES = """examples:
   jaxcam models --stages         also every stage name and layer alias (what --layer accepts)
   jaxcam models --params         also the parameter counts
   jaxcam models --markdown       the "which layer" table: default layer, its output shape, other layers
+  jaxcam layers --model NAME     every layer of one model with its output shape (also module:factory models)
 """
 
 
