@@ -1,0 +1,178 @@
+"""What every adapter (NNX, Equinox, plain functions) decides the same way: which calls become sites, what they are
+named, which layer is the default, where CAM's closed form holds, and how the logits are read from the output.
+
+Discovery runs the adapted forward once under ``jax.eval_shape`` with every candidate tapped under a provisional
+name ``<path>#<call>`` and records what each call returned (nothing is computed). :func:`name_calls` then names
+each site by its path alone when that submodule (or marker) is called once, and keeps the call index when it is
+called several times (shared weights: ``block#0``, ``block#1``), so every call stays addressable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..errors import InvalidArgumentError, LayerNotCalledError, UnknownLayerError
+from ..tapped import replay, site_shapes
+
+CALL = "#"
+
+
+def provisional(path: str, call: int) -> str:
+    """The name discovery gives the ``call``-th call of ``path``."""
+    return f"{path}{CALL}{call}"
+
+
+def name_calls(seen: Mapping[str, jax.ShapeDtypeStruct]) -> dict[str, jax.ShapeDtypeStruct]:
+    """Provisional ``path#call`` names (in completion order) to final names: ``path`` for a path called once,
+    ``path#call`` for each call of a path called several times."""
+    calls: dict[str, int] = {}
+    for name in seen:
+        path = name.rsplit(CALL, 1)[0]
+        calls[path] = calls.get(path, 0) + 1
+    return {(name.rsplit(CALL, 1)[0] if calls[name.rsplit(CALL, 1)[0]] == 1 else name): s for name, s in seen.items()}
+
+
+def repeated(seen: Iterable[str]) -> frozenset[str]:
+    """The paths called more than once among provisional names."""
+    paths = [name.rsplit(CALL, 1)[0] for name in seen]
+    return frozenset(p for p in paths if paths.count(p) > 1)
+
+
+def site_name(path: str, call: int, multi: frozenset) -> str:
+    """The final name of a call (what :func:`name_calls` gives it)."""
+    return provisional(path, call) if path in multi else path
+
+
+def is_grid(s, batch: int) -> bool:
+    """Whether an activation is a channels-last grid ``(N, h, w, K)`` of the batch, i.e. a CAM layer."""
+    return len(getattr(s, "shape", ())) == 4 and s.shape[0] == batch and jnp.issubdtype(s.dtype, jnp.floating)
+
+
+def choose_sites(found: Mapping[str, jax.ShapeDtypeStruct], defined: Sequence[str], batch: int, layers,
+                 default_layer, model: str) -> tuple[tuple[str, ...], str]:
+    """``(sites, default site)`` offered as ``layer=``: ``layers`` (validated) or every grid call found, in call
+    order; the default is ``default_layer`` or the last grid site with more than one position (the features before
+    the classifier head).
+
+    ``found``: final names -> activation shapes; ``defined``: every path the model defines (a defined path missing
+    from ``found`` is never called). Every refusal names the layer and lists the valid ones."""
+    grids = [n for n, s in found.items() if is_grid(s, batch)]
+    if not grids:
+        raise InvalidArgumentError(f"{model} has no layer whose output is a feature map (N, h, w, K): none of its "
+                                   f"calls ({', '.join(found) or 'none'}) returns a channels-last batch of grids")
+    if layers is None:
+        sites = tuple(grids)
+    else:
+        if isinstance(layers, str) or not isinstance(layers, Iterable):
+            raise InvalidArgumentError(f"layers must be a list of layer names (or None for every feature map), got "
+                                       f"{type(layers).__name__} {layers!r}")
+        chosen = [check_layer(ly, found, defined, batch, model) for ly in layers]
+        order = list(found)
+        sites = tuple(sorted(dict.fromkeys(chosen), key=order.index))
+        if not sites:
+            raise UnknownLayerError("(empty list)", grids, model)
+    if default_layer is None:  # the last map with more than one position (a 1x1 map after pooling explains nothing)
+        spatial = [n for n in sites if int(np.prod(found[n].shape[1:3])) > 1]
+        return sites, (spatial or sites)[-1]
+    default = check_layer(default_layer, found, defined, batch, model)
+    if default not in sites:
+        raise UnknownLayerError(default_layer, sites, f"default_layer of {model} (not among layers=)")
+    return sites, default
+
+
+def check_layer(layer, found: Mapping[str, jax.ShapeDtypeStruct], defined: Sequence[str], batch: int,
+                model: str) -> str:
+    """``layer`` if it names a grid call of the forward; otherwise the error that says what it is instead."""
+    grids = [n for n, s in found.items() if is_grid(s, batch)]
+    if not isinstance(layer, str):
+        raise InvalidArgumentError(f"a layer of {model} is named by a string (its path), got "
+                                   f"{type(layer).__name__} {layer!r}; valid layers: {', '.join(grids)}")
+    if layer in found:
+        if not is_grid(found[layer], batch):
+            s = found[layer]
+            raise InvalidArgumentError(f"layer {layer!r} of {model} outputs {s.dtype.name}{list(s.shape)}, not a "
+                                       f"feature map (N, h, w, K); pick one of: {', '.join(grids)}")
+        return layer
+    calls = [n for n in found if n.rsplit(CALL, 1)[0] == layer]
+    if calls:
+        raise UnknownLayerError(layer, calls, f"{model}: {layer!r} is called {len(calls)} times (shared weights), "
+                                "so name one call")
+    if layer in defined:
+        raise LayerNotCalledError(layer, grids, f"{model}: the forward never calls it (an unused submodule, a "
+                                  "branch not taken, or called through a method other than __call__); pick a layer "
+                                  "the forward runs")
+    raise UnknownLayerError(layer, grids, model)
+
+
+def closed_form_sites(apply: Callable, params, input_size: int, sites: Sequence[str]) -> frozenset:
+    """The sites where CAM's closed form holds: the logits are an affine function of the activation that does not
+    depend on where a value sits in the grid (global average pooling then a linear classifier, possibly after a
+    per-channel affine map such as an inference BatchNorm). Checked numerically on one zero image: with random
+    activations ``a1``, ``a2`` and a random spatial permutation ``P``, the head-only replays ``g`` must satisfy
+    ``g(a1 + a2) - g(a2) = g(a1) - g(0)`` (affine) and ``g(P a1) = g(a1)`` (pooled), to float32 precision. A ReLU,
+    a convolution or a skip path after the site breaks one of them for random inputs. Only the last sites are
+    tried, walking back from the last until one fails (the closed form can only hold right before the head); each
+    try is one compiled batch of five head-only passes."""
+    x = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
+    shapes = site_shapes(apply, params, x, sites)
+    rng = np.random.default_rng(0)
+    ok = []
+    for site in reversed(tuple(sites)):
+        _, h, w, k = shapes[site].shape
+        a1, a2 = rng.normal(size=(2, h, w, k)).astype(np.float32)
+        perm = rng.permutation(h * w)
+        moved = a1.reshape(h * w, k)[perm].reshape(h, w, k)
+        a = jnp.asarray(np.stack([np.zeros_like(a1), a1, a2, a1 + a2, moved]))
+        g = np.asarray(_replays(apply, site)(params, jnp.repeat(x, 5, axis=0), a.astype(shapes[site].dtype)),
+                       np.float64)
+        tol = 1e-4 * (1.0 + np.abs(g).max())
+        affine = np.abs((g[3] - g[2]) - (g[1] - g[0])).max() <= tol
+        pooled = np.abs(g[4] - g[1]).max() <= tol
+        if not (affine and pooled):
+            break
+        ok.append(site)
+    return frozenset(ok)
+
+
+def _replays(apply, site):
+    return jax.jit(lambda p, x, a: replay(apply, p, x, site, a))
+
+
+def select_output(out, output, model: str = "the model"):
+    """The logits in a model's output: the output itself when ``output`` is None, ``out[output]`` (a tuple index or
+    a dict key; an attribute such as ``logits`` for objects), or ``output(out)`` for a function."""
+    if output is None:
+        return out
+    if callable(output):
+        return output(out)
+    if isinstance(output, (int, str)) and not isinstance(output, bool):
+        if isinstance(out, (tuple, list)) and isinstance(output, int):
+            return out[output]
+        if isinstance(out, Mapping) and output in out:
+            return out[output]
+        if isinstance(output, str) and hasattr(out, output):
+            return getattr(out, output)
+        raise InvalidArgumentError(f"output={output!r} selects nothing in the output of {model} "
+                                   f"({type(out).__name__}); pass an index, a key, an attribute name or a function "
+                                   "returning the logits")
+    raise InvalidArgumentError(f"output must be None, an index, a key or a function of the model's output returning "
+                               f"the logits, got {type(output).__name__} {output!r}")
+
+
+def check_logits(out, batch: int, model: str, output) -> None:
+    """Refuse an output (after ``output=``) that is not a floating (N, C) logits array, saying what to pass."""
+    shape = getattr(out, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != batch or not jnp.issubdtype(out.dtype, jnp.floating):
+        got = (f"{out.dtype.name}{list(shape)}" if shape is not None else type(out).__name__)
+        hint = ("pass output= (an index, a key such as 'logits', or a function of the output returning the "
+                "(N, C) logits)" if output is None else f"output={output!r} must give (N, C) logits")
+        raise InvalidArgumentError(f"{model} must return logits of shape (N, C) for a batch of {batch}, got {got}; "
+                                   f"{hint}")
+
+
+__all__ = ["check_layer", "check_logits", "choose_sites", "closed_form_sites", "is_grid", "name_calls",
+           "provisional", "repeated", "select_output", "site_name"]
