@@ -30,7 +30,7 @@ def _program(model, method, kw):
     layer = kw.pop("layer", None)
     try:
         cfg, _ = E._configure(model, method, layer, **kw)
-        return E._program(model.graphdef, cfg)
+        return E._program(model.tapped, cfg)
     except (AttributeError, TypeError):
         if not isinstance(method, str):
             raise

@@ -24,10 +24,10 @@ from .methods import METHODS, MethodSpec
 from .methods.base import Context, Inputs, channel_sum, first_component
 from .methods.fullgrad import fullgrad
 from .methods.multipass import K_GRID, META_MEMBERS, adaptive_k, cameras, default_scales, metacam
-from .metrics.road import PERCENTILES, road_combined_scores
-from .models.model import Model, StageRange
-from .models.taps import effective_biases, full_gradients
+from .imputation import PERCENTILES, road_combined_scores
+from .models.model import Model
 from .postprocess import minmax, postprocess
+from .tapped import Forward, InDtype, Replay, Tapped, capture, identity_tap, input_gradients, replay
 
 TRACE_COUNT = {"explain": 0}  # incremented each time a program is traced (tests count compilations with it)
 
@@ -48,7 +48,7 @@ def _resolve_methods(method) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _resolve_layers(model: Model, layer) -> tuple[int, ...]:
+def _resolve_layers(model: Model, layer) -> tuple[str, ...]:
     layers = [layer] if layer is None or isinstance(layer, (str, int, np.integer)) else layer
     if not isinstance(layers, (list, tuple)):
         raise InvalidArgumentError(f"layer must be a layer name, an integer stage index, None (the default layer) "
@@ -61,21 +61,17 @@ def _resolve_layers(model: Model, layer) -> tuple[int, ...]:
             raise InvalidArgumentError(f"layer must be a layer name or an integer stage index, got "
                                        f"{type(ly).__name__} {ly!r}; valid layers of {model.name}: "
                                        f"{', '.join(model.valid_layers)}")
-    idx = tuple(model.layer_index(ly) for ly in layers)
-    if max(idx) == len(model.stage_names) - 1:
-        raise UnknownLayerError(model.stage_names[-1], model.stage_names[:-1],
-                                f"{model.name} (the classifier output is not a feature map)")
-    return idx
+    return tuple(model.layer_site(ly) for ly in layers)
 
 
-def _gap_fc_ok(model: Model, idx: Sequence[int]) -> bool:
-    return all(model.stage_names[i + 1:] == ("avgpool", model.stage_names[-1]) for i in idx)
+def _gap_fc_ok(model: Model, sites: Sequence[str]) -> bool:
+    return all(s in model.tapped.gap_fc_sites for s in sites)
 
 
-def _check_gap_fc(model: Model, spec: MethodSpec, idx: Sequence[int]) -> None:
-    if spec.gap_fc_only and not _gap_fc_ok(model, idx):
-        bad = next(i for i in idx if not _gap_fc_ok(model, (i,)))
-        raise UnknownLayerError(model.stage_names[bad], [model.stage_names[-3]],
+def _check_gap_fc(model: Model, spec: MethodSpec, sites: Sequence[str]) -> None:
+    if spec.gap_fc_only and not _gap_fc_ok(model, sites):
+        bad = next(s for s in sites if not _gap_fc_ok(model, (s,)))
+        raise UnknownLayerError(bad, sorted(model.tapped.gap_fc_sites),
                                 f"method {spec.name!r} on {model.name} (CAM needs the layer right before "
                                 "global average pooling and the classifier)")
 
@@ -84,8 +80,7 @@ def _check_gap_fc(model: Model, spec: MethodSpec, idx: Sequence[int]) -> None:
 class Config:
     """Everything static about one explain() program: a change here compiles a new program."""
 
-    idx: tuple[int, ...]
-    n_stages: int
+    sites: tuple[str, ...]
     methods: tuple[str, ...]
     scores: tuple
     raw: bool
@@ -103,92 +98,45 @@ class Config:
 
 
 @functools.lru_cache(maxsize=128)
-def _program(graphdef, cfg: Config):
-    """Build and jit the whole computation for one static configuration."""
+def _program(tapped: Tapped, cfg: Config):
+    """Build and jit the whole computation for one static configuration of one tapped model."""
     specs = [METHODS[m] for m in cfg.methods]
-    order = sorted(set(cfg.idx))
-    body = StageRange(graphdef, 0, order[0] + 1)
-    mids = [StageRange(graphdef, a + 1, b + 1) for a, b in zip(order[:-1], order[1:])]
-    head = StageRange(graphdef, order[-1] + 1, cfg.n_stages)
-    features = {i: StageRange(graphdef, 0, i + 1) for i in order}
-    tails = {i: StageRange(graphdef, i + 1, cfg.n_stages) for i in order}
-    forward = StageRange(graphdef, 0, cfg.n_stages)
+    sites = tuple(dict.fromkeys(cfg.sites))
     single = [(spec, s) for spec, s in zip(specs, cfg.scores) if spec.output in ("weighted", "projection", "map")]
     grad_scores = tuple(dict.fromkeys(s for spec, s in single if spec.gradients))
     hvp_scores = tuple(dict.fromkeys(s for spec, s in single if spec.hvp))
     opts = dict(cfg.options)
-    low = cfg.compute_dtype != "float32"
-    dt = jnp.dtype(cfg.compute_dtype)
-
-    def lowered(stage_fn):
-        """``stage_fn`` running in the compute dtype: input cast down, output cast back to float32 (identity in
-        float32), so every method's arithmetic on activations, gradients and scores stays float32."""
-        if not low:
-            return stage_fn
-        return lambda p, v: to_f32(stage_fn(p, v.astype(dt)))
-
-    def to_f32(tree):
-        return jax.tree.map(lambda a: a.astype(jnp.float32), tree)
-
-    def compute_params(params):
-        if not low:
-            return params
-        return jax.tree.map(lambda a: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
+    # the network in the compute dtype; every tap, activation, gradient and score stays float32
+    apply = tapped.apply if cfg.compute_dtype == "float32" else InDtype(tapped.apply, cfg.compute_dtype)
 
     def option(spec, name, default=None):
         return opts.get((spec.name, name), default)
 
-    def chain(params, a1, deltas):
-        acts, a = [a1], a1
-        for mid, d in zip(mids, deltas):
-            a = mid(params, a) + d
-            acts.append(a)
-        return head(params, a), acts
-
-    def capture(params, x, classes):
-        x = x.astype(dt) if low else x
-        a1 = body(params, x)
-        shapes, a = [], jax.eval_shape(lambda v: v, a1)
-        for mid in mids:
-            a = jax.eval_shape(mid, params, a)
-            shapes.append(a)
-        deltas = [jnp.zeros(sh.shape, sh.dtype) for sh in shapes]
-        if grad_scores:
-            logits, vjp_fn, acts = jax.vjp(lambda a1_, d_: chain(params, a1_, d_), a1, deltas, has_aux=True)
-        else:
-            logits, acts = chain(params, a1, deltas)
-        cls = jnp.argmax(logits, axis=-1).astype(jnp.int32) if classes is None else classes
-        grads = {}
-        if grad_scores:
-            cots = jnp.stack([jax.vmap(jax.grad(s))(logits, cls) for s in grad_scores])
-            g1, gd = jax.vmap(vjp_fn)(cots)  # one backward through the head, batched over target scores
-            per_layer = [g1, *gd]
-            for t, s in enumerate(grad_scores):
-                grads[s] = {i: per_layer[j][t] for j, i in enumerate(order)}
+    def capture_all(params, x, classes):
+        cap = capture(apply, params, x, sites, grad_scores, classes)
         hvps = {}
-        for s in hvp_scores:
+        for s in hvp_scores:  # ShapleyCAM: (d^2 S / dA^2) A at each site, through a replay of the rest
             hvps[s] = {}
-            for j, i in enumerate(order):
-                def grad_at(a, i=i, s=s):
-                    return jax.grad(lambda a_: jnp.sum(jax.vmap(s)(tails[i](params, a_), cls)))(a)
-                hvps[s][i] = jax.jvp(grad_at, (acts[j],), (acts[j],))[1]
-        acts = {i: acts[j] for j, i in enumerate(order)}
-        if low:  # dicts keyed by score functions are not sortable pytrees: cast their values
-            logits, acts = to_f32(logits), to_f32(acts)
-            grads, hvps = ({s: to_f32(v) for s, v in d.items()} for d in (grads, hvps))
-        return logits, cls, acts, grads, hvps
+            for site in sites:
+                def grad_at(a, site=site, s=s):
+                    return jax.grad(lambda a_: jnp.sum(jax.vmap(s)(replay(apply, params, x, site, a_),
+                                                                    cap.classes)))(a)
+                hvps[s][site] = jax.jvp(grad_at, (cap.acts[site],), (cap.acts[site],))[1]
+        return cap, hvps
 
-    def layer_raw(spec, score, params, x, keys, cap, i):
-        logits, cls, acts, grads, hvps = cap
+    def layer_raw(spec, score, params, x, keys, cap, hvps, site):
         if spec.output == "multiscale":
             scales = option(spec, "scales") or default_scales(x.shape[1])
-            return cameras(x, cls, jax.tree_util.Partial(lowered(features[i]), params),
-                           jax.tree_util.Partial(lowered(tails[i]), params), score, scales)
-        ctx = Context(tail=jax.tree_util.Partial(lowered(tails[i]), params),
-                      forward=jax.tree_util.Partial(lowered(forward), params),
+
+            def capture_at(xr):
+                c = capture(apply, params, xr, (site,), (score,), cap.classes)
+                return c.logits, c.acts[site], c.grads[score][site]
+            return cameras(x, cap.classes, capture_at, scales)
+        ctx = Context(replay=jax.tree_util.Partial(Replay(apply, site), params),
+                      forward=jax.tree_util.Partial(Forward(apply), params),
                       score=score, batch_size=cfg.batch_size, mean=cfg.mean, std=cfg.std)
-        inputs = Inputs(acts[i], grads[score][i] if spec.gradients else None, hvps[score][i] if spec.hvp else None,
-                        logits, cls, x, keys)
+        inputs = Inputs(cap.acts[site], cap.grads[score][site] if spec.gradients else None,
+                        hvps[score][site] if spec.hvp else None, cap.logits, cap.classes, x, keys)
         kwargs = {k: opts[(spec.name, k)] for k in spec.options if (spec.name, k) in opts}
         per_example = lambda inp: spec.fn(inp, ctx, **kwargs)  # noqa: E731
         if spec.full_forwards and cfg.sequential_examples:
@@ -204,26 +152,27 @@ def _program(graphdef, cfg: Config):
         return jax.vmap(channel_sum)(out)
 
     def whole_network(score, params, x, cls):
-        _, gx, gtaps = full_gradients(graphdef, params, x, lambda lg: jnp.sum(jax.vmap(score)(lg, cls)))
+        """FullGrad, always in float32 on the unwrapped forward: one backward to the input and every bias site."""
+        _, gx, gsites = input_gradients(tapped.apply, params, x, tapped.bias_sites, score, cls)
+        biases = tapped.biases(params)  # traced: the parameters passed in, never constants
+        gtaps = [gsites[b] for b in tapped.bias_sites]
+        bias_list = [biases[b] for b in tapped.bias_sites]
         size = x.shape[1:3]
-        biases = effective_biases(graphdef, params)  # traced: the parameters passed in, never constants
-        total = jax.vmap(lambda *a: fullgrad(a[0], a[1], a[2:], biases, size))(x, gx, *gtaps)
+        total = jax.vmap(lambda *a: fullgrad(a[0], a[1], a[2:], bias_list, size))(x, gx, *gtaps)
         return [total] if cfg.raw else jax.vmap(minmax)(total)
 
     def run(params, x, classes, key):
         TRACE_COUNT["explain"] += 1
         # every example draws from the same key: a map never depends on the image's position in the batch
         keys = jnp.broadcast_to(key, x.shape[:1])
-        full, params = params, compute_params(params)  # FullGrad keeps float32 (its bias terms are summed)
-        cap = capture(params, x, classes)
-        cls = cap[1]
+        cap, hvps = capture_all(params, x, classes)
         size = x.shape[1:3]
         result = {}
         for spec, score in zip(specs, cfg.scores):
             if spec.output == "whole_network":
-                result[spec.name] = whole_network(score, full, x, cls)
+                result[spec.name] = whole_network(score, params, x, cap.classes)
             elif spec.output != "ensemble":
-                raws = [layer_raw(spec, score, params, x, keys, cap, i) for i in cfg.idx]
+                raws = [layer_raw(spec, score, params, x, keys, cap, hvps, site) for site in cfg.sites]
                 result[spec.name] = raws if cfg.raw else jax.vmap(lambda *r: postprocess(list(r), size))(*raws)
         for spec in specs:
             if spec.output == "ensemble":
@@ -232,15 +181,15 @@ def _program(graphdef, cfg: Config):
                         for m in members]
                 k = option(spec, "k", 0.1)
                 if option(spec, "adaptive", False):
-                    fwd = jax.tree_util.Partial(lowered(forward), params)
-                    road_fn = functools.partial(road_combined_scores, fwd, targets_mod.probability, x, cls=cls,
+                    fwd = jax.tree_util.Partial(Forward(apply), params)
+                    road_fn = functools.partial(road_combined_scores, fwd, targets_mod.probability, x, cls=cap.classes,
                                                 percentiles=option(spec, "percentiles", PERCENTILES),
                                                 batch_size=cfg.batch_size)
                     road_of = lambda cams: road_fn(cams=cams)  # noqa: E731
                     k = jnp.stack([adaptive_k(m, road_of, option(spec, "k_grid", K_GRID)) for m in maps])
                 combined = metacam(maps, k, option(spec, "delta", 1e-3))
                 result[spec.name] = [combined] if cfg.raw else jax.vmap(minmax)(combined)
-        return result, cap[0], cls
+        return result, cap.logits, cap.classes
 
     def average(maps_by_variant, unflip):
         """Mean over variants of final maps (V, N, H, W), flipping back those computed on flipped inputs."""
@@ -261,7 +210,7 @@ def _program(graphdef, cfg: Config):
     def run_noisy(params, x, classes, key):
         """SmoothGrad-style averaging of any method: ``noise_samples`` copies of each image with Gaussian noise of
         ``noise_std`` times the image's value range, each explained for the clean image's class; maps averaged."""
-        logits = lowered(forward)(compute_params(params), x)
+        logits = apply(params, x, identity_tap)
         cls = jnp.argmax(logits, axis=-1).astype(jnp.int32) if classes is None else classes
         k_noise, k_run = jax.random.split(key)
         s, n = cfg.noise_samples, x.shape[0]
@@ -323,7 +272,7 @@ def explain(model: Model, images, method: str | Sequence[str] = "gradcam", targe
     x = model.check_input(images if preprocessed else model.preprocess(images))
     classes = targets_mod.class_indices(targets, x.shape[0], model.num_classes)
     key = as_key(key)
-    result, logits, cls = _program(model.graphdef, cfg)(model.params, x, classes, key)
+    result, logits, cls = _program(model.tapped, cfg)(model.params, x, classes, key)
     out = {n: result[n] for n in names} if not isinstance(method, str) or method == "all" else result[names[0]]
     return (out, logits, cls) if return_logits else out
 
@@ -334,11 +283,13 @@ def _configure(model: Model, method, layer, *, target=None, raw: bool = False, e
                compute_dtype: str = "float32"):
     """Validate explain()'s static arguments: ``(Config, method names to return)``."""
     names = _resolve_methods(method)
-    idx = _resolve_layers(model, layer)
-    if method == "all":  # every method that applies to these layers
-        names = tuple(n for n in names if not METHODS[n].gap_fc_only or _gap_fc_ok(model, idx))
+    sites = _resolve_layers(model, layer)
+    no_biases = model.tapped.biases is None
+    if method == "all":  # every method that applies to these layers (and to this model)
+        names = tuple(n for n in names if (not METHODS[n].gap_fc_only or _gap_fc_ok(model, sites))
+                      and not (no_biases and (n == "fullgrad" or (n == "metacam" and "fullgrad" in META_MEMBERS))))
     for n in names:
-        _check_gap_fc(model, METHODS[n], idx)
+        _check_gap_fc(model, METHODS[n], sites)
     on_cpu = jax.default_backend() == "cpu"
     batch_size = (8 if on_cpu else 64) if batch_size is None else batch_size
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
@@ -356,12 +307,18 @@ def _configure(model: Model, method, layer, *, target=None, raw: bool = False, e
     compute_dtype = _compute_dtype(compute_dtype)
     options = _options(method_options, names)
     computed = _with_members(names, dict(options))
+    if "fullgrad" in computed and no_biases:
+        who = "method 'fullgrad'" if "fullgrad" in names else "metacam's default members (they include fullgrad)"
+        raise InvalidArgumentError(f"{who} needs the bias-carrying layers of {model.name}, and its tapped forward "
+                                   "declares no bias sites; adapters of Flax models declare them, a plain function "
+                                   "model can pass Tapped(bias_sites=..., biases=...); for metacam pass "
+                                   "method_options={'metacam': {'members': [...]}} without fullgrad")
     user_score = None if target is None else targets_mod.resolve(target)
     scores = tuple(targets_mod.resolve(METHODS[n].target) if (user_score is None or METHODS[n].intrinsic_target)
                    else user_score for n in computed)
-    cfg = Config(idx, len(model.stage_names), computed, scores, raw, eigen_smooth, eigen_sign, aug_smooth,
-                 noise_samples, float(noise_std), batch_size, on_cpu, options, tuple(model.arch.mean),
-                 tuple(model.arch.std), compute_dtype)
+    cfg = Config(sites, computed, scores, raw, eigen_smooth, eigen_sign, aug_smooth,
+                 noise_samples, float(noise_std), batch_size, on_cpu, options, tuple(model.mean),
+                 tuple(model.std), compute_dtype)
     return cfg, names
 
 
@@ -388,8 +345,20 @@ def explainer(model: Model, method: str = "gradcam", layer=None, **options):
     if options.get("raw"):
         raise InvalidArgumentError("explainer returns final maps; raw=True is not supported")
     cfg, (name,) = _configure(model, method, layer, **options)
-    program = _program(model.graphdef, cfg)
+    program = _program(model.tapped, cfg)
     return Explainer(program, name)
+
+
+def explain_program(model: Model, methods: Sequence[str], layer=None, **options) -> Callable:
+    """The compiled program :func:`explain` runs for ``methods`` (a list) on ``model``: a pure, jitted
+    ``fn(params, x, classes, key) -> ({method: maps (N, H, W)}, logits (N, C), explained classes (N,))`` of a
+    preprocessed batch, for use inside other compiled programs (the robustness grid). ``options``: the static
+    keyword arguments of :func:`explain` except ``raw``. Parameters are traced: another model of the same
+    architecture's parameters give that model's maps."""
+    if options.get("raw"):
+        raise InvalidArgumentError("explain_program returns final maps; raw=True is not supported")
+    cfg, _ = _configure(model, list(methods), layer, **options)
+    return _program(model.tapped, cfg)
 
 
 @dataclass(frozen=True)

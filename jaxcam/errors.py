@@ -155,3 +155,8 @@ class CorruptFileError(JaxcamError, OSError):
 
 class EmptySourceError(JaxcamError, ValueError):
     """An image source with no items (an empty folder, an empty list, a shard or range that selects nothing)."""
+
+
+class LayerNotCalledError(UnknownLayerError):
+    """A layer the model defines but its forward never runs (an unused submodule, a branch not taken), so it has
+    no activation to explain; the message lists the layers the forward does run."""

@@ -201,11 +201,11 @@ def _normalised_forward(forward_fn, mean, std, x):
 
 
 def pixel_logits(model) -> jax.tree_util.Partial:
-    """``logits_fn`` of a jaxcam Model on pixel images in [0, 1]: normalise with ``model.arch.mean/std``, then
+    """``logits_fn`` of a jaxcam Model on pixel images in [0, 1]: normalise with ``model.mean/std``, then
     ``model.forward_fn``. A pytree, so it can be passed into ``jit``."""
     shape = (1, 1, 1, 3)
-    return jax.tree_util.Partial(_normalised_forward, model.forward_fn, jnp.reshape(jnp.asarray(model.arch.mean,
-                                 jnp.float32), shape), jnp.reshape(jnp.asarray(model.arch.std, jnp.float32), shape))
+    return jax.tree_util.Partial(_normalised_forward, model.forward_fn, jnp.reshape(jnp.asarray(model.mean,
+                                 jnp.float32), shape), jnp.reshape(jnp.asarray(model.std, jnp.float32), shape))
 
 
 # ------------------------------------------------------------------------------------------------ application

@@ -40,11 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import noise as noise_mod
-from ._explain import _configure, _program
+from ._explain import explain_program
 from .errors import CorruptFileError, EmptySourceError, InvalidArgumentError, JaxcamError, UnknownNameError
 from .files import atomic_write
 from .metrics import robustness as rm
-from .models.model import StageRange
 from .table import Table
 
 PAPER_METHODS = ("gradcam", "gradcam++", "xgradcam", "ablationcam", "hirescam", "eigencam")
@@ -97,8 +96,8 @@ def image_hash(image_id) -> int:
 
 @dataclass(frozen=True)
 class _Static:
-    graphdef: object
-    explain_cfg: object
+    forward: object  # the model's plain forward (params, x) -> logits, hashable
+    explain: object  # jaxcam.explain_program(...): (params, x, classes, key) -> (maps, logits, classes)
     methods: tuple[str, ...]
     noises: tuple[str, ...]
     similarity: str
@@ -113,13 +112,13 @@ class _Static:
 def _chunk_program(st: _Static):
     """``(params, pixels, labels, m, clean_maps, clean_pred, ids, level, draw, noise_idx, key) -> dict`` for a
     chunk of jobs of one noise (``noise_idx`` a traced scalar), jitted."""
-    run = _program(st.graphdef, st.explain_cfg)
+    run = st.explain
     mean = jnp.asarray(st.mean, jnp.float32).reshape(1, 1, 1, -1)
     std = jnp.asarray(st.std, jnp.float32).reshape(1, 1, 1, -1)
     sim = rm.ROBUSTNESS_SIMILARITIES[st.similarity]
     sim_kwargs = {"p": st.rbo_p, "num_regions": st.num_regions} if st.similarity == "rbo" else {}
 
-    forward = StageRange(st.graphdef, 0, st.explain_cfg.n_stages)
+    forward = st.forward
 
     def chunk(params, pixels, labels, m, clean_maps, clean_pred, ids, level, draw, noise_idx, key):
         TRACES["chunk"] += 1
@@ -159,7 +158,7 @@ def _clean_pass(model, cfg: RunConfig, layer, pixels: np.ndarray):
     """Clean predictions, confidences and maps (N, methods, H, W) of a batch of pixel images."""
     from ._explain import explain
 
-    x = model.check_input((pixels - np.asarray(model.arch.mean, np.float32)) / np.asarray(model.arch.std,
+    x = model.check_input((pixels - np.asarray(model.mean, np.float32)) / np.asarray(model.std,
                                                                                           np.float32))
     maps, logits, cls = explain(model, x, list(cfg.methods), layer=layer, preprocessed=True,
                                 key=jax.random.key(cfg.key), return_logits=True)
@@ -262,11 +261,11 @@ def _checked_config(model, src, shard, methods, noises, severities, draws, key, 
         if v is not None and (not isinstance(v, str) or not v):
             raise InvalidArgumentError(f"{name} must be None or a non-empty string, got {v!r}")
     _check_layer(layer)
-    explain_cfg, _ = _configure(model, list(methods), layer, batch_size=None)
+    explain_fn = explain_program(model, list(methods), layer, batch_size=None)
     cfg = RunConfig(model_name or model.name, str(model.source), dataset or src.name, methods, noises, severities,
                     ints["draws"], key, similarity, explain_class, ints["image_batch"], ints["chunk"], ints["size"],
                     float(rbo_p), None if layer is None else str(layer), shard[1])
-    return cfg, explain_cfg
+    return cfg, explain_fn
 
 
 def _check_process(process) -> tuple[int, int]:
@@ -510,7 +509,7 @@ def run(model, source, out_dir: str, *, methods: Sequence[str] = PAPER_METHODS,
 
     src = as_source(source)
     shard = _check_process(process)
-    cfg, explain_cfg = _checked_config(model, src, shard, methods, noises, severities, draws, key, similarity,
+    cfg, explain_fn = _checked_config(model, src, shard, methods, noises, severities, draws, key, similarity,
                                        explain_class, image_batch, chunk, size, rbo_p, layer, dataset, model_name,
                                        max_chunks)
     out_dir = check_out_dir(out_dir)
@@ -532,9 +531,10 @@ def run(model, source, out_dir: str, *, methods: Sequence[str] = PAPER_METHODS,
                 pred, conf, clean_maps = _clean_pass(model, cfg, layer, pixels)
                 hashes = np.asarray([image_hash(i) for i in batch["id"]], np.int32)
                 # the region count is padded to a multiple of 64 so batches with similar counts share one program
-                st = _Static(model.graphdef, explain_cfg, cfg.methods, cfg.noises, cfg.similarity, cfg.explain_class,
-                             -(-int(counts.max()) // 64) * 64, cfg.rbo_p, tuple(model.arch.mean),
-                             tuple(model.arch.std))
+                st = _Static(model.tapped.plain, explain_fn, cfg.methods, cfg.noises, cfg.similarity,
+                             cfg.explain_class,
+                             -(-int(counts.max()) // 64) * 64, cfg.rbo_p, tuple(model.mean),
+                             tuple(model.std))
                 program = _chunk_program(st)
             for q, c, (img, lev, drw) in todo:
                 if max_chunks is not None and done >= max_chunks:

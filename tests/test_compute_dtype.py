@@ -36,12 +36,12 @@ def test_bf16_maps_agree_with_float32(resnet18, x):
 
 def test_bf16_convolutions_run_in_bf16_and_cam_arithmetic_in_float32(resnet18, x):
     cfg, _ = _configure(resnet18, "gradcam", None, compute_dtype=jnp.bfloat16)
-    jaxpr = jax.make_jaxpr(_program(resnet18.graphdef, cfg))(resnet18.params, x, None, jax.random.key(0))
+    jaxpr = jax.make_jaxpr(_program(resnet18.tapped, cfg))(resnet18.params, x, None, jax.random.key(0))
     convs = _dtypes(jaxpr.jaxpr)
     assert convs and set(convs) == {"bfloat16"}
     assert all(str(v.aval.dtype) in ("float32", "int32") for v in jaxpr.jaxpr.outvars)
     cfg32, _ = _configure(resnet18, "gradcam", None)
-    jaxpr32 = jax.make_jaxpr(_program(resnet18.graphdef, cfg32))(resnet18.params, x, None, jax.random.key(0))
+    jaxpr32 = jax.make_jaxpr(_program(resnet18.tapped, cfg32))(resnet18.params, x, None, jax.random.key(0))
     assert set(_dtypes(jaxpr32.jaxpr)) == {"float32"}
 
 

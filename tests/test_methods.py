@@ -70,8 +70,8 @@ def test_cam_applies_only_before_gap_fc(resnet18, x64):
     """"all" keeps CAM only where the layer feeds global average pooling and the classifier."""
     from jaxcam._explain import _gap_fc_ok
 
-    assert _gap_fc_ok(resnet18, (resnet18.layer_index("layer4"),))
-    assert not _gap_fc_ok(resnet18, (resnet18.layer_index("layer3"),))
+    assert _gap_fc_ok(resnet18, (resnet18.layer_site("layer4"),))
+    assert not _gap_fc_ok(resnet18, (resnet18.layer_site("layer3"),))
     maps = explain(resnet18, x64, ["gradcam", "layercam", "eigencam", "reciprocam"], layer="layer3",
                    preprocessed=True)
     assert all(m.shape == (2, 64, 64) for m in maps.values())
@@ -96,12 +96,12 @@ def test_jit_equals_eager(name, toy, all_toy):
 def _convs(model, x, methods, layer):
     from jaxcam import _explain
 
-    idx = _explain._resolve_layers(model, layer)
+    sites = _explain._resolve_layers(model, layer)
     scores = tuple(jaxcam.targets.resolve(METHODS[m].target) for m in methods)
-    cfg = _explain.Config(idx, len(model.stage_names), tuple(methods), scores, raw=False, eigen_smooth=False,
+    cfg = _explain.Config(sites, tuple(methods), scores, raw=False, eigen_smooth=False,
                           eigen_sign="max_abs", aug_smooth=False, noise_samples=0, noise_std=0.0, batch_size=32,
                           sequential_examples=True, options=(), mean=model.arch.mean, std=model.arch.std)
-    prog = _explain._program(model.graphdef, cfg)
+    prog = _explain._program(model.tapped, cfg)
     return count(jax.make_jaxpr(prog)(model.params, x, None, jax.random.key(0)).jaxpr, "conv_general_dilated")
 
 
@@ -255,12 +255,18 @@ def test_readme_method_table_is_generated_from_the_registry():
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "vgg11_bn"])
 def test_fullgrad_on_every_family(name):
     """FullGrad taps every bias layer (BatchNorm, biased convolutions) whatever the module graph's order."""
-    from jaxcam.models.taps import bias_layers, tap_shapes
+    from jaxcam.models.taps import bias_layers
+    from jaxcam.tapped import site_shapes
 
     model = jaxcam.load_model(name, weights=None)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype(np.float32))
-    shapes = tap_shapes(model.graphdef, model.params, x)
+    sites = model.tapped.bias_sites
+    shapes = site_shapes(model.tapped.apply, model.params, x, sites)
     biases = bias_layers(model)
-    assert len(shapes) == len(biases) and all(s.shape[-1] == b.shape[0] for s, (_, b) in zip(shapes, biases))
+    traced = model.tapped.biases(model.params)
+    assert len(shapes) == len(biases) == len(sites)
+    assert all(shapes[s].shape[-1] == b.shape[0] for s, (_, b) in zip(sites, biases))
+    for s, (_, b) in zip(sites, biases):
+        np.testing.assert_array_equal(np.asarray(traced[s]), b)
     maps = np.asarray(explain(model, x, "fullgrad", preprocessed=True))
     assert maps.shape == (1, 64, 64) and np.isfinite(maps).all() and maps.max() == pytest.approx(1.0, abs=1e-6)

@@ -181,7 +181,7 @@ def test_contrast_matches_imagenet_c(level):
 
 # ---------------------------------------------------------------------------------------------- adversarial
 def test_pixel_logits_normalises():
-    model = SimpleNamespace(arch=SimpleNamespace(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5)), forward_fn=lambda z: z)
+    model = SimpleNamespace(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5), forward_fn=lambda z: z)
     x = textured(8)[None]
     ref = (np.asarray(x) - np.array([0.5, 0.4, 0.3])) / np.array([0.2, 0.25, 0.5])
     np.testing.assert_allclose(N.pixel_logits(model)(x), ref, atol=1e-6)

@@ -93,7 +93,7 @@ def run(args) -> None:
     names = [display_name(n) for n in names]  # found masks by the file's own name; every output can hold these
     with output_directory(args.out) as out:  # removed again if the command fails before writing anything
         model = load(args)
-        size = model.arch.input_size
+        size = model.input_size
         masks = None
         if mask_paths is not None:
             masks = read_masks(mask_paths, size)
@@ -427,7 +427,7 @@ def _maps_figure(maps, classes, x, model, names) -> bytes:
     from ..plots import picture_grid
     from ..viz import overlay
 
-    pixels = np.clip(np.asarray(x) * np.asarray(model.arch.std, np.float32) + np.asarray(model.arch.mean,
+    pixels = np.clip(np.asarray(x) * np.asarray(model.std, np.float32) + np.asarray(model.mean,
                                                                                          np.float32), 0.0, 1.0)
     labels = imagenet_classes() if model.num_classes == 1000 else None
     methods = list(maps)

@@ -107,7 +107,7 @@ def run(args) -> None:
     try:
         rows = R.run(model, source, out, methods=methods, noises=args.noises, severities=args.severities,
                      draws=args.draws, key=args.key, similarity=args.similarity, explain_class=args.explain_class,
-                     image_batch=args.image_batch, chunk=args.chunk, size=model.arch.input_size, resume=args.resume,
+                     image_batch=args.image_batch, chunk=args.chunk, size=model.input_size, resume=args.resume,
                      progress=sys.stderr.isatty())
     except ImageFileError as exc:  # every item is decoded before any work: nothing was computed for it
         raise DatasetImageError(f"{exc}; replace or remove that file and run again"
@@ -342,7 +342,7 @@ def example_maps(model, source, rows, args) -> list[tuple[str, bytes]]:
     from ..robustness import image_hash
     from ..viz import overlay
 
-    batch = next(as_source(source).batches(EXAMPLE_IMAGES, size=model.arch.input_size), None)
+    batch = next(as_source(source).batches(EXAMPLE_IMAGES, size=model.input_size), None)
     if batch is None:
         return []
     noise, levels = args.noises[0], list(args.severities)
@@ -375,8 +375,8 @@ def example_maps(model, source, rows, args) -> list[tuple[str, bytes]]:
 
 
 def _normalise(model, pixels: np.ndarray) -> np.ndarray:
-    mean = np.asarray(model.arch.mean, np.float32)
-    std = np.asarray(model.arch.std, np.float32)
+    mean = np.asarray(model.mean, np.float32)
+    std = np.asarray(model.std, np.float32)
     return (np.asarray(pixels, np.float32) - mean) / std
 
 

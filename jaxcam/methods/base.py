@@ -26,10 +26,13 @@ class Inputs(NamedTuple):
 
 @dataclass(frozen=True)
 class Context:
-    """Functions a method may call. ``tail`` maps a batch of target-layer activations to logits (the head-only
-    pass); ``forward`` maps a batch of model inputs to logits; ``score(logits (C,), cls)`` is the target."""
+    """Functions a method may call. ``replay(x, a)`` runs the model on inputs ``x`` (B, H, W, 3) with the target
+    layer's activations replaced by ``a`` (B, h, w, K) and returns logits (B, C): a head-only pass, since under jit
+    XLA drops the work before the layer that the replacement makes dead (and a layer inside a residual block stays
+    correct: the skip path is computed from ``x``); ``forward`` maps a batch of model inputs to logits;
+    ``score(logits (C,), cls)`` is the target."""
 
-    tail: Callable[[jax.Array], jax.Array]
+    replay: Callable[[jax.Array, jax.Array], jax.Array]
     forward: Callable[[jax.Array], jax.Array]
     score: Callable[[jax.Array, jax.Array], jax.Array]
     batch_size: int

@@ -25,16 +25,15 @@ def default_scales(size: int) -> tuple[int, ...]:
     return tuple(int(round(size * r / 224)) for r in range(224, 1000, 100))
 
 
-def cameras(x, cls, features, tail, score, scales):
-    """CAMERAS raw maps (N, H, W) at the input resolution. ``features(x) -> A``, ``tail(A) -> logits``."""
+def cameras(x, cls, capture_at, scales):
+    """CAMERAS raw maps (N, H, W) at the input resolution. ``capture_at(x) -> (logits, A, dS/dA)`` at the target
+    layer for the explained classes ``cls`` (one forward and one backward to the layer)."""
     n, h, w, _ = x.shape
     acc_a = acc_g = 0.0
     count = jnp.zeros((n,), x.dtype)
     for r in scales:
         xr = x if r == h else jax.image.resize(x, (n, r, r * w // h, 3), "cubic")
-        a = features(xr)
-        logits, vjp_fn = jax.vjp(tail, a)
-        (g,) = vjp_fn(jax.vmap(jax.grad(score))(logits, cls))
+        logits, a, g = capture_at(xr)
         keep = (jnp.argmax(logits, axis=-1) == cls).astype(x.dtype)
         up = (n, h, w, a.shape[-1])
         acc_a = acc_a + keep[:, None, None, None] * jax.image.resize(a, up, "linear")

@@ -49,7 +49,7 @@ def ablationcam(inp: Inputs, ctx: Context):
 
     def ablated(k):
         a = inp.acts.at[..., k].set(0.0)
-        return ctx.score(ctx.tail(a[None])[0], inp.cls)
+        return ctx.score(ctx.replay(inp.image[None], a[None])[0], inp.cls)
 
     yk = jax.lax.map(ablated, jnp.arange(inp.acts.shape[-1]), batch_size=ctx.batch_size)
     safe = jnp.where(y == 0, 1.0, y)  # a zero target score gives zero weights, not NaN (the reference divides by 0)
@@ -72,7 +72,7 @@ def reciprocam(inp: Inputs, ctx: Context, gaussian: bool = False):
             weight = jnp.where(near, kernel[jnp.clip(di + 1, 0, 2), jnp.clip(dj + 1, 0, 2)], 0.0)
         else:
             weight = ((ii == i) & (jj == j)).astype(inp.acts.dtype)
-        logits = ctx.tail((inp.acts * weight[..., None])[None])[0]
+        logits = ctx.replay(inp.image[None], (inp.acts * weight[..., None])[None])[0]
         return jax.nn.softmax(logits)[inp.cls]
 
     positions = jnp.stack([ii.ravel(), jj.ravel()], axis=-1)

@@ -59,8 +59,8 @@ def _before_after(stage_range, score, params, x, x_after, classes):
 
 def _scores(model, x, cams, targets, space, target):
     x, cams, classes = model_inputs(model, x, cams, targets)
-    after = _masked(x, cams, space, model.arch.mean, model.arch.std)
-    return _before_after(model.forward_fn.func, targets_mod.resolve(target), model.params, x, after, classes)
+    after = _masked(x, cams, space, model.mean, model.std)
+    return _before_after(model.tapped.plain, targets_mod.resolve(target), model.params, x, after, classes)
 
 
 def average_drop(model, x, cams, targets=None, *, space: str = "pixel", target="probability",
@@ -117,7 +117,7 @@ def relative_confidence_drop(model, x, cams, targets=None, *, fraction: float = 
     if not 0 < fraction <= 1:
         raise InvalidArgumentError(f"fraction must be in (0, 1], got {fraction!r}")
     x, cams, classes = model_inputs(model, x, cams, targets)
-    return _finer_drop(model.forward_fn.func, float(fraction), bool(contrast), model.params, x, cams, classes, eps)
+    return _finer_drop(model.tapped.plain, float(fraction), bool(contrast), model.params, x, cams, classes, eps)
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
@@ -152,6 +152,6 @@ def faithfulness_correlation(model, x, cams, targets=None, *, runs: int = 100, s
     if not 1 <= subset_size <= x.shape[1] * x.shape[2]:
         raise InvalidArgumentError(f"subset_size must be in [1, {x.shape[1] * x.shape[2]}] pixels, got {subset_size!r}")
     key = as_key(key)
-    return _faithfulness_correlation(model.forward_fn.func, targets_mod.resolve(target), int(runs),
+    return _faithfulness_correlation(model.tapped.plain, targets_mod.resolve(target), int(runs),
                                      int(subset_size), default_batch_size(batch_size), model.params, x, cams,
                                      classes, key)

@@ -103,11 +103,11 @@ def deletion_insertion(model, x, cams, targets=None, *, steps: int = 20, deletio
         raise InvalidArgumentError(f"steps must be a positive int, got {steps!r}")
     x, cams, classes = model_inputs(model, x, cams, targets)
     counts = pixel_counts(x.shape[1] * x.shape[2], int(steps))
-    mean, std = model.arch.mean, model.arch.std
+    mean, std = model.mean, model.std
     d_sub = substrate(deletion_substrate, x, mean, std)
     shared = isinstance(deletion_substrate, str) and deletion_substrate == insertion_substrate
     i_sub = d_sub if shared else substrate(insertion_substrate, x, mean, std)
-    fractions, deletion, insertion = _curves(model.forward_fn.func, targets_mod.resolve(target), counts, shared,
+    fractions, deletion, insertion = _curves(model.tapped.plain, targets_mod.resolve(target), counts, shared,
                                              default_batch_size(batch_size), model.params, x, cams, classes,
                                              d_sub, i_sub)
     return Curves(fractions, deletion, insertion, auc(deletion, fractions), auc(insertion, fractions))

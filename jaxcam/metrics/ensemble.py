@@ -26,7 +26,7 @@ from .. import targets as targets_mod
 from ..methods.multipass import top_fraction_threshold
 from ..table import Table
 from .inputs import check_maps, default_batch_size
-from .road import PERCENTILES, road_combined_scores
+from ..imputation import PERCENTILES, road_combined_scores
 
 
 def all_subsets(names, max_size: int | None = None) -> list[tuple[str, ...]]:
@@ -67,7 +67,7 @@ def subset_scores(model, x, member_maps: Mapping[str, jax.Array], targets=None, 
     subsets = all_subsets(names, max_size)
     weights = jnp.asarray([[float(m in s) for m in names] for s in subsets], jnp.float32)
     key = as_key(key)
-    scores = np.asarray(_subset_road(model.forward_fn.func, targets_mod.probability, tuple(percentiles),
+    scores = np.asarray(_subset_road(model.tapped.plain, targets_mod.probability, tuple(percentiles),
                                      float(noise), default_batch_size(batch_size), model.params, x, stack, weights,
                                      classes, jnp.float32(k), jnp.float32(delta), key))
     n = x.shape[0]

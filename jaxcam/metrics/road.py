@@ -21,90 +21,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ..errors import InvalidArgumentError, UnknownNameError
+from ..imputation import PERCENTILES, impute, road_combined_scores, road_scores  # noqa: F401 - re-exported
 from ..keys import as_key
-
-PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
-_OFFSETS = (((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12), ((0, -1), 1 / 6),
-            ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6))
-
-
-def _neighbour_sum(v):
-    """sum over in-image 8-neighbours of weight * v, for (H, W, C) arrays (zero outside the image)."""
-    h, w = v.shape[:2]
-    pad = jnp.pad(v, ((1, 1), (1, 1), (0, 0)))
-    return sum(wt * pad[1 + di:1 + di + h, 1 + dj:1 + dj + w] for (di, dj), wt in _OFFSETS)
-
-
-def impute(img, keep, noise: float | tuple = 0.0, key=None, maxiter: int = 2000, tol: float = 1e-7):
-    """Noisy linear imputation of the pixels where ``keep`` (H, W) is False, for one (H, W, C) image."""
-    u = (~keep).astype(img.dtype)[..., None]
-    valid = _neighbour_sum(jnp.ones_like(img[..., :1]))
-    b = u * _neighbour_sum(img * (1 - u))
-
-    def operator(x):
-        return u * (valid * x - _neighbour_sum(u * x)) + (1 - u) * x
-
-    # start from the mean of the known pixels; with none known the system is singular (any constant solves it) and
-    # the start, 0, is kept: pytorch-grad-cam's spsolve returns 0 there too
-    known = jnp.maximum(jnp.sum(1 - u), 1.0)
-    x0 = u * jnp.sum(img * (1 - u), axis=(0, 1), keepdims=True) / known
-    x, _ = jax.scipy.sparse.linalg.cg(operator, b, x0=x0, tol=tol, maxiter=maxiter)
-    scale = jnp.asarray(noise, img.dtype)
-    if scale.ndim:  # one noise level per channel
-        scale = scale.reshape(1, 1, -1)
-    if np.any(np.asarray(noise)):
-        x = x + scale * jax.random.normal(key, img.shape, img.dtype)
-    return jnp.where(u > 0, x, img)
-
-
-def _keep_mask(cam, percentile, most_relevant_first: bool):
-    m = cam if most_relevant_first else 1 - cam
-    return m < jnp.percentile(m, percentile)
-
-
-def road_scores(forward, score, x, cams, cls, percentiles=PERCENTILES, most_relevant_first: bool = True,
-                noise: float = 0.0, key=None, batch_size: int = 16, sequential: bool | None = None):
-    """(N,) mean over ``percentiles`` of ``target(f(imputed)) - target(f(x))``: ROAD MoRF or LeRF averaged.
-
-    The (image, percentile) imputations run in chunks of ``batch_size``, each chunk's imputed images scored by one
-    batched forward. Within a chunk the imputations run one after another (``sequential``, the default on CPU: each
-    conjugate-gradient solve stops at its own convergence instead of the slowest one's) or vmapped (accelerators).
-    """
-    n, n_p = x.shape[0], len(percentiles)
-    key = jax.random.key(0) if key is None else key
-    sequential = jax.default_backend() == "cpu" if sequential is None else sequential
-    base = jax.vmap(score)(forward(x), cls)
-    pct = jnp.asarray(percentiles, x.dtype)
-    keys = jax.random.split(key, (n, n_p))
-    total = n * n_p
-    b = min(batch_size, total)
-    chunks = -(-total // b)
-
-    # jobs percentile-major: a chunk holds one percentile's images, whose solves take similar iteration counts
-    def impute_one(k):
-        p, i = k // n, k % n
-        return impute(x[i], _keep_mask(cams[i], pct[p], most_relevant_first), noise, keys[i, p])
-
-    def chunk(ks):
-        imgs = jax.lax.map(impute_one, ks) if sequential else jax.vmap(impute_one)(ks)
-        return jax.vmap(score)(forward(imgs), cls[ks % n])
-
-    idx = (jnp.arange(chunks * b) % total).reshape(chunks, b)  # the last chunk wraps round: no ragged shapes
-    after = jax.lax.map(chunk, idx).reshape(-1)[:total]
-    return after.reshape(n_p, n).mean(axis=0) - base
-
-
-def road_combined_scores(forward, score, x, cams, cls, percentiles=PERCENTILES, noise: float = 0.0, key=None,
-                         batch_size: int = 16):
-    """pytorch-grad-cam's ``ROADCombined``: (LeRF average - MoRF average) / 2, per image."""
-    k1, k2 = jax.random.split(jax.random.key(0) if key is None else key)
-    lerf = road_scores(forward, score, x, cams, cls, percentiles, False, noise, k1, batch_size)
-    morf = road_scores(forward, score, x, cams, cls, percentiles, True, noise, k2, batch_size)
-    return (lerf - morf) / 2
-
 
 def road(model, x, cams, targets=None, *, which: str = "combined", percentiles=PERCENTILES, noise: float = 0.01,
          key=0, target="probability", batch_size: int | None = None, space: str = "pixel"):
@@ -127,9 +47,9 @@ def road(model, x, cams, targets=None, *, which: str = "combined", percentiles=P
     if space not in ("pixel", "normalised"):
         raise UnknownNameError(space, ("pixel", "normalised"), "ROAD noise space")
     x, cams, classes = model_inputs(model, x, cams, targets)
-    noise = tuple(float(noise) / s for s in model.arch.std) if space == "pixel" else float(noise)
+    noise = tuple(float(noise) / s for s in model.std) if space == "pixel" else float(noise)
     key = as_key(key)
-    return _road_program(model.forward_fn.func, targets_mod.resolve(target), which, tuple(percentiles),
+    return _road_program(model.tapped.plain, targets_mod.resolve(target), which, tuple(percentiles),
                          noise, default_batch_size(batch_size))(model.params, x, cams, classes, key)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, UnknownLayerError, UnknownNameError
 from ..keys import as_key
-from ..models.model import Model, StageRange
+from ..models.model import Model
 from ..table import Table
 from .. import targets as targets_mod
 from .similarity import SIMILARITIES, resolve
@@ -80,23 +80,42 @@ def _used_inputs(jaxpr) -> set[int]:
 
 
 @functools.lru_cache(maxsize=32)
-def _stage_usage(graphdef, treedef, shapes: tuple, n_stages: int, size: int) -> tuple[tuple[int, ...], ...]:
-    """For each stage, the indices of the parameter leaves it reads: found by tracing the stage alone
-    (``make_jaxpr`` on abstract values; nothing is computed) and collecting the parameter inputs its equations use.
-    Exact for stages written as lambdas or closures over modules, which naming conventions would miss."""
+def _stage_usage(tapped, treedef, shapes: tuple, size: int, n_stages: int) -> tuple[tuple[int, ...], ...]:
+    """For each stage (every site of the tapped forward, then the output), the indices of the parameter leaves
+    that first reach it: the forward is traced once on abstract values (nothing is computed), with every site's
+    activation and the output as results, and dead-code elimination towards each result in turn gives exactly
+    the parameters it reads; each parameter belongs to the first stage that reads it. Works on any model jaxcam
+    can explain, whatever its framework, and is exact where naming conventions would guess."""
+    from jax.interpreters.partial_eval import dce_jaxpr
+
     params = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in shapes])
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    out = []
-    for i in range(n_stages):
-        closed, x = jax.make_jaxpr(StageRange(graphdef, i, i + 1), return_shape=True)(params, x)
-        out.append(tuple(sorted(j for j in _used_inputs(closed.jaxpr) if j < len(shapes))))
+
+    def run(p, v):
+        seen = {}
+
+        def tap(site, a):
+            seen.setdefault(site, a)
+            return a
+        out = tapped.apply(p, v, tap)
+        return [seen[s] for s in tapped.sites] + [out]
+
+    closed = jax.make_jaxpr(run)(params, x)
+    n_out = len(tapped.sites) + 1
+    assert n_out == n_stages, (n_out, n_stages)  # Model keeps stage_names = sites + the output stage
+    out, before = [], set()
+    for k in range(n_out):
+        _, used_inputs = dce_jaxpr(closed.jaxpr, [i == k for i in range(n_out)])
+        used = {j for j, u in enumerate(used_inputs) if u and j < len(shapes)}
+        out.append(tuple(sorted(used - before)))
+        before |= used
     return tuple(out)
 
 
 def _usage(model: Model) -> tuple[tuple[int, ...], ...]:
     leaves, treedef, _ = _leaf_paths(model.params)
     shapes = tuple((tuple(leaf.shape), jnp.dtype(leaf.dtype)) for leaf in leaves)
-    return _stage_usage(model.graphdef, treedef, shapes, len(model.stage_names), int(model.arch.input_size))
+    return _stage_usage(model.tapped, treedef, shapes, int(model.input_size), len(model.stage_names))
 
 
 def stage_parameters(model: Model) -> dict[str, tuple[str, ...]]:
@@ -134,8 +153,7 @@ def _rule(path: str, paths, init: str, reset_batch_stats: bool) -> str:
         return "ones"
     if leaf in ("mean", "var"):
         return ("zeros" if leaf == "mean" else "ones") if reset_batch_stats else "keep"
-    raise UnknownNameError(path, ("*.kernel", "*.bias", "*.scale", "*.mean", "*.var"),
-                           "parameter to re-initialise (no initialiser known for it)")
+    return "matched_normal"  # a leaf named otherwise (a user model's "w", Equinox's "weight"): see randomise()
 
 
 def _sibling_kernel(path: str) -> str:
@@ -198,6 +216,11 @@ def _fresh(model: Model, leaf_ids: Sequence[int], key, init: str, reset_batch_st
             continue
         # a PyTorch-style bias is bounded by its layer's kernel fan-in
         fan_from = index[_sibling_kernel(paths[j])] if rule == "torch_uniform_bias" else j
+        if rule == "matched_normal":  # N(mean, std) of the leaf itself: constants (a norm's ones) stay as they are
+            v = np.asarray(leaves[j], np.float32)
+            unit = _draw(key, paths[j], tuple(v.shape), "lecun_normal", 1)  # truncated normal, variance 1
+            out[j] = jnp.asarray((float(v.mean()) + float(v.std()) * unit).astype(np.float32))
+            continue
         fan = _fan_in(tuple(leaves[fan_from].shape))
         out[j] = jnp.asarray(_draw(key, paths[j], tuple(leaves[j].shape), rule, fan))
     return out
@@ -206,7 +229,7 @@ def _fresh(model: Model, leaf_ids: Sequence[int], key, init: str, reset_batch_st
 def _replace(model: Model, values: Mapping[int, jax.Array], source: str) -> Model:
     leaves, treedef, _ = _leaf_paths(model.params)
     new = [values.get(j, leaf) for j, leaf in enumerate(leaves)]
-    return Model(model.arch, model.graphdef, jax.tree_util.tree_unflatten(treedef, new), source=source)
+    return model.with_params(jax.tree_util.tree_unflatten(treedef, new), source=source)
 
 
 def _stage_label(model: Model, idx: Sequence[int]) -> str:
@@ -237,6 +260,9 @@ def randomise(model: Model, stages, key: int | jax.Array = 0, *, init: str = "fl
     ``BatchNorm.reset_parameters`` (hence Quantus) does, and it is the consistent choice: running statistics
     estimated for the trained layer below are meaningless once that layer is random. ``reset_batch_stats=False``
     keeps them, as Adebayo et al.'s TensorFlow code did (it re-initialised trainable variables only).
+    A parameter whose name is none of Flax's (``kernel``, ``bias``, ``scale``, ``mean``, ``var``), as in a model
+    written as a plain function or in Equinox, is redrawn from a (truncated) normal with its own mean and standard
+    deviation: random, at the trained scale, and a constant leaf (a normalisation's ones) is left as it is.
     """
     idx = _resolve_stages(model, stages)
     usage = _usage(model)

@@ -75,7 +75,7 @@ def sensitivity(model, x, method: str = "gradcam", targets=None, *, layer=None, 
     if radius <= 0:
         raise InvalidArgumentError(f"radius must be > 0, got {radius!r}")
     fn, x, classes, key = _setup(model, x, method, targets, layer, samples, key, explain_options)
-    r = _stability(model.forward_fn.func, fn, "uniform", int(samples), float(radius), model.params, x, classes, key)
+    r = _stability(model.tapped.plain, fn, "uniform", int(samples), float(radius), model.params, x, classes, key)
     return Sensitivity(r.max(axis=0), r.mean(axis=0))
 
 
@@ -95,5 +95,5 @@ def local_lipschitz(model, x, method: str = "gradcam", targets=None, *, layer=No
     if std <= 0:
         raise InvalidArgumentError(f"std must be > 0, got {std!r}")
     fn, x, classes, key = _setup(model, x, method, targets, layer, samples, key, explain_options)
-    r = _stability(model.forward_fn.func, fn, "gaussian", int(samples), float(std), model.params, x, classes, key)
+    r = _stability(model.tapped.plain, fn, "gaussian", int(samples), float(std), model.params, x, classes, key)
     return r.max(axis=0)

@@ -1,23 +1,24 @@
-"""Gradients at every bias-carrying layer in one backward: FullGrad's need, without hooks.
+"""The tapped forward of jaxcam's own NNX models (:mod:`jaxcam.tapped`), FullGrad's bias sites included.
 
-``bias_layers(model)`` lists the layers that add a per-channel bias (BatchNorm, whose effective bias is
-``beta - mean * gamma / sqrt(var + eps)``, and convolutions with a bias), in forward order. ``tapped_forward``
-runs the whole network with a zero-valued tap added to each such layer's output, so ``jax.vjp`` with respect to
-the taps gives ``dS/d(output of layer l)`` for every layer at once. The taps are inserted on the freshly merged
-module copy inside the pure function (its BatchNorm/Conv objects get a subclass whose call adds the tap), so the
-model itself is never modified.
+A built-in model is a list of named stages, so its ``apply`` taps each stage's output under the stage's name.
+FullGrad reads every layer that adds a per-channel bias (BatchNorm, whose effective bias is
+``beta - mean * gamma / sqrt(var + eps)``, and convolutions with a bias): ``apply`` also taps their outputs, as
+sites ``bias:<i>`` in the module graph's order, so one backward gives ``dS/d(output of layer l)`` for all of them.
+The taps are inserted on the freshly merged module copy inside the pure function (its BatchNorm/Conv objects get a
+subclass whose call taps), so the model itself is never modified.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .model import Model, StageRange
-
 _TAP = "_jaxcam_tap"
+BIAS = "bias:"
 
 
 class _TappedBatchNorm(nnx.BatchNorm):
@@ -58,40 +59,45 @@ def effective_biases(graphdef, params) -> list[jax.Array]:
     return [_effective_bias(node) for _, node in _layers(nnx.merge(graphdef, params))]
 
 
-def bias_layers(model: Model) -> list[tuple[str, np.ndarray]]:
-    """``[(path, effective bias (C,))]`` of every bias-carrying layer (order of the module graph), as NumPy."""
+def bias_layers(model) -> list[tuple[str, np.ndarray]]:
+    """``[(path, effective bias (C,))]`` of every bias-carrying layer of a built-in ``model`` (graph order), as NumPy."""
     return [(".".join(map(str, path)), np.asarray(_effective_bias(node)))
             for path, node in _layers(model.module())]
 
 
-def tapped_forward(graphdef, params, x, taps=None, record=None):
-    """Logits of the whole network with ``taps[i]`` added to the output of bias layer i (``record``, a dict, collects
-    each layer's output shape under its index instead when ``taps`` is None)."""
-    module = nnx.merge(graphdef, params)
-    for i, (_, node) in enumerate(_layers(module)):
-        node.__class__ = _TappedBatchNorm if isinstance(node, nnx.BatchNorm) else _TappedConv
-        if taps is not None:
-            node.__dict__[_TAP] = lambda y, d=taps[i]: y + d
-        elif record is not None:  # keyed by graph order, which is the taps' order (not execution order)
-            node.__dict__[_TAP] = lambda y, i=i: (record.__setitem__(i, jax.ShapeDtypeStruct(y.shape, y.dtype)), y)[1]
-    for _, fn in module.stages():
-        x = fn(x)
-    return x
+@dataclass(frozen=True)
+class StagesApply:
+    """The tapped forward (:mod:`jaxcam.tapped`) of a jaxcam NNX model built of named stages: ``tap(stage, a)``
+    after every stage but the classifier, and ``tap("bias:<i>", y)`` after the i-th bias-carrying layer (graph
+    order), FullGrad's sites. The taps are inserted on the freshly merged copy inside the pure function, so the
+    model itself is never modified, and they are called in this function's own trace."""
+
+    graphdef: nnx.GraphDef
+
+    def __call__(self, params, x, tap):
+        module = nnx.merge(self.graphdef, params)
+        for i, (_, node) in enumerate(_layers(module)):
+            node.__class__ = _TappedBatchNorm if isinstance(node, nnx.BatchNorm) else _TappedConv
+            node.__dict__[_TAP] = lambda y, site=f"{BIAS}{i}": tap(site, y)
+        stages = module.stages()
+        for name, fn in stages[:-1]:
+            x = tap(name, fn(x))
+        return stages[-1][1](x)
 
 
-def tap_shapes(graphdef, params, x) -> list[jax.ShapeDtypeStruct]:
-    """Output shapes of the bias layers, in the order of :func:`bias_layers` (the module graph's order)."""
-    shapes = {}
-    jax.eval_shape(lambda p, v: tapped_forward(graphdef, p, v, record=shapes), params, x)
-    return [shapes[i] for i in range(len(shapes))]
+@dataclass(frozen=True)
+class StageBiases:
+    """``params -> {"bias:<i>": effective bias (C,)}`` of a jaxcam NNX model, traced (see :func:`effective_biases`)."""
+
+    graphdef: nnx.GraphDef
+
+    def __call__(self, params):
+        return {f"{BIAS}{i}": b for i, b in enumerate(effective_biases(self.graphdef, params))}
 
 
-def full_gradients(graphdef, params, x, score_sum):
-    """``(logits, dS/dx, [dS/d(output of bias layer l)])`` from one forward and one backward to the input."""
-    zeros = [jnp.zeros(s.shape, s.dtype) for s in tap_shapes(graphdef, params, x)]
-    logits, vjp_fn = jax.vjp(lambda v, t: tapped_forward(graphdef, params, v, t), x, zeros)
-    gx, gtaps = vjp_fn(jax.grad(score_sum)(logits))
-    return logits, gx, gtaps
+def bias_sites(module) -> tuple[str, ...]:
+    """The FullGrad sites of a jaxcam NNX model (a module), in graph order."""
+    return tuple(f"{BIAS}{i}" for i in range(len(_layers(module))))
 
 
-__all__ = ["StageRange", "bias_layers", "effective_biases", "full_gradients", "tap_shapes", "tapped_forward"]
+__all__ = ["StageBiases", "StagesApply", "bias_layers", "bias_sites", "effective_biases"]
