@@ -208,3 +208,36 @@ def test_an_output_that_is_not_logits_needs_a_selector():
         from_nnx(Pair(nnx.Rngs(0)), input_size=32)
     model = from_nnx(Pair(nnx.Rngs(0)), input_size=32, output=0)
     assert model.tapped.sites == ("net.stem", "net.block#0", "net.block#1") and model.num_classes == 3
+
+
+class Rematted(nnx.Module):
+    """A block run under a transformation inside __call__: nnx.remat, or jax.checkpoint of a function of it."""
+
+    def __init__(self, rngs, nnx_remat):
+        self.stem = nnx.Conv(3, 4, (3, 3), strides=2, rngs=rngs)
+        self.block = nnx.Conv(4, 4, (3, 3), rngs=rngs)
+        self.fc = nnx.Linear(4, 3, rngs=rngs)
+        self.nnx_remat = nnx_remat
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.stem(x))
+        if self.nnx_remat:
+            h = nnx.remat(lambda b, h: b(h))(self.block, h)
+        else:
+            h = jax.checkpoint(lambda h: self.block(h))(h)
+        return self.fc(h.mean(axis=(1, 2)))
+
+
+def test_layers_inside_a_transformation_are_refused_and_nnx_transforms_under_vjp_explained():
+    """A call inside the module's own remat/scan/vmap runs in another trace: it is not a site, and naming it says
+    why. Flax itself refuses nnx.remat under jax.vjp of the forward (TraceContextError): one error with the fix."""
+    x = T.images()
+    with pytest.raises(jaxcam.InvalidArgumentError, match="'block' of Rematted runs inside a transformation within "
+                                                          "the model.*pick a layer outside it: stem"):
+        from_nnx(Rematted(nnx.Rngs(0), False), input_size=32, layers=["block"])
+    model = from_nnx(Rematted(nnx.Rngs(0), False), input_size=32)
+    assert model.tapped.sites == ("stem",)
+    assert jaxcam.explain(model, x, "gradcam", preprocessed=True).shape == (2, 32, 32)
+    model = from_nnx(Rematted(nnx.Rngs(0), True), input_size=32)
+    with pytest.raises(jaxcam.InvalidArgumentError, match=r"runs an NNX transformation.*jax.checkpoint\(lambda h"):
+        jaxcam.explain(model, x, "gradcam", preprocessed=True)

@@ -26,12 +26,13 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.errors import TraceContextError
 
 from ..errors import InvalidArgumentError
-from ..tapped import Tapped, site_shapes
+from ..tapped import Tapped
 from .model import Model
-from .sites import check_logits, choose_sites, closed_form_sites, is_grid, name_calls, provisional, repeated, \
-    select_output
+from .sites import NESTED, check_logits, choose_sites, closed_form_sites, discover, here, is_grid, name_calls, \
+    provisional, repeated, select_output
 
 _TAP = "_jaxcam_tap"
 BIAS = "bias:"
@@ -105,17 +106,35 @@ class NnxApply:
     discover: bool = False
 
     def __call__(self, params, x, tap):
+        return self.run(params, x, tap)
+
+    def run(self, params, x, tap, nested: dict | None = None):
+        """The forward; a tapped call inside a transformation within the module (``nnx.scan``, ``nnx.remat``,
+        ``nnx.vmap``...) is left untapped and, with ``nested``, recorded there (discovery)."""
         module = nnx.merge(self.graphdef, params)
         nodes = _modules(module)
         counts: dict[str, int] = {}
         bias_index = {p: i for i, p in enumerate(self.biases)}
+        top = here()
         for path in dict.fromkeys(self.layers + self.biases):
             node = nodes[path]
             node.__class__ = _tapping(type(node))
-            node.__dict__[_TAP] = partial(self._tap, tap, counts, path, bias_index.get(path))
-        return select_output(module(x), self.output)
+            node.__dict__[_TAP] = partial(self._tap, tap, counts, path, bias_index.get(path), top, nested)
+        try:
+            out = module(x)
+        except TraceContextError as e:
+            raise InvalidArgumentError(
+                f"{type(module).__name__} runs an NNX transformation (nnx.remat, nnx.scan, nnx.vmap...) inside its "
+                "__call__, which Flax refuses under a JAX transformation of the whole forward such as the jax.vjp "
+                f"jaxcam takes for gradients ({type(e).__name__}); use the JAX transformation on a function of the "
+                "submodule instead (jax.checkpoint(lambda h: self.block(h))(h)), or a gradient-free method") from e
+        return select_output(out, self.output)
 
-    def _tap(self, tap, counts, path, bias, out):
+    def _tap(self, tap, counts, path, bias, top, nested, out):
+        if here() != top:
+            if nested is not None:
+                nested.setdefault(path, NESTED)
+            return out
         call = counts[path] = counts.get(path, -1) + 1
         if not isinstance(out, jax.Array):
             return out
@@ -174,11 +193,11 @@ def from_nnx(module: nnx.Module, *, layers=None, default_layer: str | None = Non
     nodes = _modules(module)
     paths = tuple(nodes)
     x = jax.ShapeDtypeStruct((2, int(input_size), int(input_size), 3), jnp.float32)
-    discover = NnxApply(graphdef, paths, frozenset(paths), (), output, discover=True)
-    check_logits(jax.eval_shape(partial(_forward, discover), state, x), 2, label, output)
-    seen = site_shapes(discover, state, x)
+    probe = NnxApply(graphdef, paths, frozenset(paths), (), output, discover=True)
+    check_logits(jax.eval_shape(partial(_forward, probe), state, x), 2, label, output)
+    seen, nested = discover(probe.run, state, x)
     found, multi = name_calls(seen), repeated(seen)
-    sites, default = choose_sites(found, paths, 2, layers, default_layer, label)
+    sites, default = choose_sites(found, paths, 2, layers, default_layer, label, nested)
     bias_paths = tuple(p for p, n in nodes.items() if _bias_layer(n)
                        and any(k.rsplit("#", 1)[0] == p and is_grid(s, 2) for k, s in seen.items()))
     bias_sites = tuple((p, f"{BIAS}{i}" if p not in multi else provisional(f"{BIAS}{i}", c))

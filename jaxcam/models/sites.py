@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import InvalidArgumentError, LayerNotCalledError, UnknownLayerError
+from jax.extend.core import get_opaque_trace_state
+
 from ..tapped import replay, site_shapes
 
 CALL = "#"
@@ -24,6 +26,38 @@ CALL = "#"
 def provisional(path: str, call: int) -> str:
     """The name discovery gives the ``call``-th call of ``path``."""
     return f"{path}{CALL}{call}"
+
+
+NESTED = ("runs inside a transformation within the model (its own jax.vmap, jax.jit, lax.scan or jax.checkpoint, "
+          "e.g. nnx.scan / nnx.remat / eqx.filter_vmap), where its activation lives in another trace and cannot be "
+          "tapped from outside")
+
+
+def here():
+    """The current trace, to tell a tap in the forward's own trace from one inside a nested transformation."""
+    return get_opaque_trace_state()
+
+
+def discover(run, params, x) -> tuple[dict[str, jax.ShapeDtypeStruct], dict[str, str]]:
+    """``(shapes of the tapped calls by provisional name, in completion order; {path: why it cannot be tapped})``
+    from ``run(params, x, tap, nested)`` under ``jax.eval_shape``: no compute."""
+    nested: dict[str, str] = {}
+    order: list[str] = []  # call order (eval_shape's dict output comes back with sorted keys)
+
+    def fn(p, v):
+        seen = {}
+
+        def tap(site, a):
+            if site not in seen:
+                order.append(site)
+            seen[site] = a
+            return a
+
+        run(p, v, tap, nested)
+        return seen
+
+    shapes = jax.eval_shape(fn, params, x)
+    return {s: shapes[s] for s in order}, nested
 
 
 def name_calls(seen: Mapping[str, jax.ShapeDtypeStruct]) -> dict[str, jax.ShapeDtypeStruct]:
@@ -42,24 +76,20 @@ def repeated(seen: Iterable[str]) -> frozenset[str]:
     return frozenset(p for p in paths if paths.count(p) > 1)
 
 
-def site_name(path: str, call: int, multi: frozenset) -> str:
-    """The final name of a call (what :func:`name_calls` gives it)."""
-    return provisional(path, call) if path in multi else path
-
-
 def is_grid(s, batch: int) -> bool:
     """Whether an activation is a channels-last grid ``(N, h, w, K)`` of the batch, i.e. a CAM layer."""
     return len(getattr(s, "shape", ())) == 4 and s.shape[0] == batch and jnp.issubdtype(s.dtype, jnp.floating)
 
 
 def choose_sites(found: Mapping[str, jax.ShapeDtypeStruct], defined: Sequence[str], batch: int, layers,
-                 default_layer, model: str) -> tuple[tuple[str, ...], str]:
+                 default_layer, model: str, nested: Mapping[str, str] | None = None) -> tuple[tuple[str, ...], str]:
     """``(sites, default site)`` offered as ``layer=``: ``layers`` (validated) or every grid call found, in call
     order; the default is ``default_layer`` or the last grid site with more than one position (the features before
     the classifier head).
 
     ``found``: final names -> activation shapes; ``defined``: every path the model defines (a defined path missing
-    from ``found`` is never called). Every refusal names the layer and lists the valid ones."""
+    from ``found`` is never called; ``nested``: paths whose calls run inside a nested transformation, with why).
+    Every refusal names the layer and lists the valid ones."""
     grids = [n for n, s in found.items() if is_grid(s, batch)]
     if not grids:
         raise InvalidArgumentError(f"{model} has no layer whose output is a feature map (N, h, w, K): none of its "
@@ -70,7 +100,7 @@ def choose_sites(found: Mapping[str, jax.ShapeDtypeStruct], defined: Sequence[st
         if isinstance(layers, str) or not isinstance(layers, Iterable):
             raise InvalidArgumentError(f"layers must be a list of layer names (or None for every feature map), got "
                                        f"{type(layers).__name__} {layers!r}")
-        chosen = [check_layer(ly, found, defined, batch, model) for ly in layers]
+        chosen = [check_layer(ly, found, defined, batch, model, nested) for ly in layers]
         order = list(found)
         sites = tuple(sorted(dict.fromkeys(chosen), key=order.index))
         if not sites:
@@ -78,14 +108,14 @@ def choose_sites(found: Mapping[str, jax.ShapeDtypeStruct], defined: Sequence[st
     if default_layer is None:  # the last map with more than one position (a 1x1 map after pooling explains nothing)
         spatial = [n for n in sites if int(np.prod(found[n].shape[1:3])) > 1]
         return sites, (spatial or sites)[-1]
-    default = check_layer(default_layer, found, defined, batch, model)
+    default = check_layer(default_layer, found, defined, batch, model, nested)
     if default not in sites:
         raise UnknownLayerError(default_layer, sites, f"default_layer of {model} (not among layers=)")
     return sites, default
 
 
 def check_layer(layer, found: Mapping[str, jax.ShapeDtypeStruct], defined: Sequence[str], batch: int,
-                model: str) -> str:
+                model: str, nested: Mapping[str, str] | None = None) -> str:
     """``layer`` if it names a grid call of the forward; otherwise the error that says what it is instead."""
     grids = [n for n, s in found.items() if is_grid(s, batch)]
     if not isinstance(layer, str):
@@ -101,6 +131,9 @@ def check_layer(layer, found: Mapping[str, jax.ShapeDtypeStruct], defined: Seque
     if calls:
         raise UnknownLayerError(layer, calls, f"{model}: {layer!r} is called {len(calls)} times (shared weights), "
                                 "so name one call")
+    if nested and layer.rsplit(CALL, 1)[0] in nested:
+        raise InvalidArgumentError(f"layer {layer!r} of {model} {nested[layer.rsplit(CALL, 1)[0]]}; pick a layer "
+                                   f"outside it: {', '.join(grids)}")
     if layer in defined:
         raise LayerNotCalledError(layer, grids, f"{model}: the forward never calls it (an unused submodule, a "
                                   "branch not taken, or called through a method other than __call__); pick a layer "
@@ -174,5 +207,5 @@ def check_logits(out, batch: int, model: str, output) -> None:
                                    f"{hint}")
 
 
-__all__ = ["check_layer", "check_logits", "choose_sites", "closed_form_sites", "is_grid", "name_calls",
-           "provisional", "repeated", "select_output", "site_name"]
+__all__ = ["NESTED", "check_layer", "check_logits", "choose_sites", "closed_form_sites", "discover", "here",
+           "is_grid", "name_calls", "provisional", "repeated", "select_output"]
