@@ -63,3 +63,23 @@ def assert_maps_close(ours, want, tol=1e-5, label=""):
     scale = max(1.0, float(np.abs(want).max()))
     diff = float(np.abs(ours - want).max())
     assert diff <= tol * scale, f"{label}: max |diff| {diff:.3e} (scale {scale:.3e})"
+
+
+def random_variables(module, size, seed=0):
+    """Random variables of ``module`` without running its initialisers (no compilation): kernels ~ N(0, 1/fan_in),
+    biases and LayerNorm offsets ~ N(0, 0.1), scales ~ 1 + N(0, 0.1), BatchNorm means ~ N(0, 0.1) and variances
+    in [0.5, 1.5]."""
+    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        leaf = jax.tree_util.keystr(path)
+        if "var'" in leaf:
+            return jnp.asarray(rng.uniform(0.5, 1.5, s.shape), jnp.float32)
+        if "kernel" in leaf:
+            fan_in = int(np.prod(s.shape[:-1]))
+            return jnp.asarray(rng.standard_normal(s.shape) / np.sqrt(fan_in), jnp.float32)
+        base = 1.0 if "scale" in leaf else 0.0
+        return jnp.asarray(base + 0.1 * rng.standard_normal(s.shape), jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, dict(shapes))

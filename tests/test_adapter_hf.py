@@ -14,7 +14,7 @@ import jaxcam
 from jaxcam.methods import gradient_methods
 from jaxcam.models.hf import from_hf
 
-from .hand_split import assert_maps_close, reference_raw_maps
+from .hand_split import assert_maps_close, random_variables, reference_raw_maps
 
 transformers = pytest.importorskip("transformers")
 
@@ -22,32 +22,12 @@ SIZE = 32
 METHODS = gradient_methods() + ["ablationcam", "scorecam"]
 
 
-def random_variables(module, seed=0):
-    """Random variables of ``module`` without running its initialisers (no compilation): kernels ~ N(0, 1/fan_in),
-    biases and LayerNorm offsets ~ N(0, 0.1), scales ~ 1 + N(0, 0.1), BatchNorm means ~ N(0, 0.1) and variances
-    in [0.5, 1.5]."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        leaf = jax.tree_util.keystr(path)
-        if "var'" in leaf:
-            return jnp.asarray(rng.uniform(0.5, 1.5, s.shape), jnp.float32)
-        if "kernel" in leaf:
-            fan_in = int(np.prod(s.shape[:-1]))
-            return jnp.asarray(rng.standard_normal(s.shape) / np.sqrt(fan_in), jnp.float32)
-        base = 1.0 if "scale" in leaf else 0.0
-        return jnp.asarray(base + 0.1 * rng.standard_normal(s.shape), jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, dict(shapes))
-
-
 @pytest.fixture(scope="module")
 def vit():
     config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                                     image_size=SIZE, patch_size=8, num_labels=5)
     hf = transformers.FlaxViTForImageClassification(config, _do_init=False)
-    variables = random_variables(hf.module)
+    variables = random_variables(hf.module, SIZE)
     return hf, variables, from_hf(hf, params=variables["params"])
 
 
@@ -56,7 +36,7 @@ def resnet():
     config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
                                        num_labels=4, id2label={i: f"kind {i}" for i in range(4)})
     hf = transformers.FlaxResNetForImageClassification(config, _do_init=False)
-    variables = random_variables(hf.module, seed=1)
+    variables = random_variables(hf.module, SIZE, seed=1)
     return hf, variables, from_hf(hf, params=variables, input_size=SIZE)
 
 
