@@ -4,7 +4,7 @@ Distribution name ``jax-cam``; import name ``jaxcam``. The public API is listed 
 """
 
 from . import datasets, metrics, noise, robustness, targets
-from ._explain import explain, explainer
+from ._explain import explain, explain_program, explainer
 from .data import imagenet_classes, preprocess, sample_images, to_rgb
 from .errors import (CheckpointError, ChecksumMismatchError, ClassIndexError, CorruptFileError, EmptySourceError,
                      ImageDtypeError, ImageError, ImageFileError, ImageShapeError, ImageTooLargeError,
@@ -13,14 +13,17 @@ from .errors import (CheckpointError, ChecksumMismatchError, ClassIndexError, Co
                      NonFiniteParametersError, StateDictError, UnknownArchitectureError, UnknownLayerError,
                      UnknownNameError)
 from .methods import METHODS, MethodSpec
+from .methods.broadcam import BroadCAMWeights, fit_broadcam
 from .models import ARCHITECTURES, Model, Predictions, convert_state_dict, split
 from .evaluate import METRICS, evaluate
 from .models.loader import load_model
 from .table import Table
+from .tapped import Tapped
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BroadCAMWeights", "Tapped", "explain_program", "fit_broadcam",
     "ARCHITECTURES", "METHODS", "METRICS", "MethodSpec", "Table", "evaluate", "explain", "explainer", "metrics",
     "targets", "MapError", "MaskError", "datasets", "noise", "robustness", "CheckpointError",
     "ChecksumMismatchError", "ClassIndexError", "CorruptFileError", "EmptySourceError", "ImageDtypeError", "ImageError", "ImageFileError",

@@ -306,6 +306,18 @@ def _configure(model: Model, method, layer, *, target=None, raw: bool = False, e
         raise InvalidArgumentError("eigen_smooth is not supported for 'fullgrad' (it ignores the target layer)")
     compute_dtype = _compute_dtype(compute_dtype)
     options = _options(method_options, names)
+    given = dict(options)
+    if method == "all":  # methods that cannot run without an option (BroadCAM's fitted weights) unless it is given
+        names = tuple(n for n in names if all((n, o) in given for o in METHODS[n].requires))
+    for n in names:
+        for o in METHODS[n].requires:
+            if (n, o) not in given:
+                raise InvalidArgumentError(f"method {n!r} needs method_options={{{n!r}: {{{o!r}: ...}}}}"
+                                           + (" from jaxcam.fit_broadcam(model, images, labels, layer=...)"
+                                              if n == "broadcam" else ""))
+        site = getattr(given.get((n, "weights")), "site", None)
+        if site is not None and site not in sites:
+            raise InvalidArgumentError(f"{n} weights were fitted at layer {site!r}; explain with layer={site!r}")
     computed = _with_members(names, dict(options))
     if "fullgrad" in computed and no_biases:
         who = "method 'fullgrad'" if "fullgrad" in names else "metacam's default members (they include fullgrad)"

@@ -156,9 +156,12 @@ def test_method_all_skips_the_gap_fc_methods_off_the_last_layer(photos, tmp_path
     monkeypatch.setattr(explain_cli, "load", lambda args: toy_model())
     rc, out, err = run(["explain", paths[0], "--method", "all", "--layer", "conv", "--out", str(tmp_path)], capsys)
     assert rc == 0, err
-    expected = [m for m, spec in jaxcam.METHODS.items() if not spec.gap_fc_only]
-    assert err.strip() == ("jaxcam: note: --method all skips cam on toy (they need a global-average-pool + "
-                           "fully-connected head right after the target layer)")
+    expected = [m for m, spec in jaxcam.METHODS.items() if not spec.gap_fc_only and not spec.requires]
+    assert err.strip().splitlines() == [
+        "jaxcam: note: --method all skips cam on toy (they need a global-average-pool + fully-connected head right "
+        "after the target layer)",
+        "jaxcam: note: --method all leaves out broadcam (their weights are fitted in Python: jaxcam.fit_broadcam, "
+        "then method_options)"]
     with np.load(tmp_path / "maps.npz") as npz:
         assert list(npz["methods"]) == expected and npz["gradcam"].shape == (1, 32, 32)
         check_npz_maps(npz, ["a"])

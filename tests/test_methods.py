@@ -33,7 +33,9 @@ def fast_toy(names):
     return {m: o for m, o in TOY_FAST.items() if m in names}
 
 
-TOY_FAST = FAST | {"cameras": {"scales": (32, 40)}}
+# BroadCAM needs weights fitted on a set of images (its only required option); fitted once on the toy network
+TOY_BROADCAM = jaxcam.fit_broadcam(toy_model(), toy_input(6, seed=7), labels=[0, 1, 2, 3, 4, 0], layer="relu")
+TOY_FAST = FAST | {"cameras": {"scales": (32, 40)}, "broadcam": {"weights": TOY_BROADCAM}}
 
 
 @pytest.fixture(scope="module")

@@ -167,8 +167,12 @@ def test_broadcam_errors(toy, fitting, weights, registered):
     with pytest.raises(InvalidArgumentError, match="BroadCAMWeights"):
         jaxcam.explain(toy, x, "broadcam", layer="relu", preprocessed=True,
                        method_options={"broadcam": {"weights": (1.0, 2.0)}})
-    narrow = BroadCAMWeights.from_array("conv", np.ones((3, 5)))
-    with pytest.raises(InvalidArgumentError, match="layer 'conv'.*3 channels"):
+    elsewhere = BroadCAMWeights.from_array("conv", np.ones((6, 5)))
+    with pytest.raises(InvalidArgumentError, match="fitted at layer 'conv'; explain with layer='conv'"):
+        jaxcam.explain(toy, x, "broadcam", layer="relu", preprocessed=True,
+                       method_options={"broadcam": {"weights": elsewhere}})
+    narrow = BroadCAMWeights.from_array("relu", np.ones((3, 5)))
+    with pytest.raises(InvalidArgumentError, match="3 channels"):
         jaxcam.explain(toy, x, "broadcam", layer="relu", preprocessed=True,
                        method_options={"broadcam": {"weights": narrow}})
     xs, labels = fitting

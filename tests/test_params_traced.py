@@ -35,13 +35,18 @@ def test_explainer_takes_other_models_parameters(models, method):
     m1, m2 = models
     x = toy_input(n=2)
     key = jax.random.key(3)
-    fn = jaxcam.explainer(m1, method, batch_size=16)
+    # a method with a required option (BroadCAM's weights, fitted on the first model) gets it; the weights are
+    # the method's data, the same for both calls, while the model's parameters must follow the call
+    opts = {"method_options": {method: {"weights": jaxcam.fit_broadcam(m1, toy_input(n=6, seed=4),
+                                                                       labels=[0, 1, 2, 3, 4, 0])}}} \
+        if jaxcam.METHODS[method].requires else {}
+    fn = jaxcam.explainer(m1, method, batch_size=16, **opts)
     got = np.asarray(fn(m2.params, x, None, key))
-    want = np.asarray(jaxcam.explain(m2, x, method, preprocessed=True, key=key, batch_size=16))
+    want = np.asarray(jaxcam.explain(m2, x, method, preprocessed=True, key=key, batch_size=16, **opts))
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, atol=1e-6, err_msg=method)
     # and it is not simply the first model's map (the test can fail)
-    own = np.asarray(jaxcam.explain(m1, x, method, preprocessed=True, key=key, batch_size=16))
+    own = np.asarray(jaxcam.explain(m1, x, method, preprocessed=True, key=key, batch_size=16, **opts))
     assert np.abs(own - want).max() > 1e-3, method
 
 

@@ -79,8 +79,8 @@ def method_list(spec: list[str], error: type[Exception], keep=lambda spec: True)
     from ..errors import UnknownNameError
     from ..methods import METHODS
 
-    if spec == ["all"]:
-        return [m for m, s in METHODS.items() if keep(s)]
+    if spec == ["all"]:  # never the methods whose required options only Python can give (BroadCAM's weights)
+        return [m for m, s in METHODS.items() if keep(s) and not s.requires]
     for m in spec:
         if m not in METHODS:
             raise UnknownNameError(m, [*METHODS, "all"], "--methods")

@@ -104,6 +104,9 @@ def run(args) -> None:
         if skipped:
             print(f"jaxcam: note: --method all skips {', '.join(skipped)} on {model.name} ({NOT_GAP_FC})",
                   file=sys.stderr)
+        if requested == ["all"]:
+            print(f"jaxcam: note: --method all leaves out {all_needs_options()} (their weights are fitted in "
+                  "Python: jaxcam.fit_broadcam, then method_options)", file=sys.stderr)
         x = model.preprocess(images)
         classes, probs = choose_classes(model, x, targets, args.batch_size)
         maps = compute_maps(model, x, methods, classes, layers, args.batch_size)
@@ -177,6 +180,13 @@ def parse_layers(values) -> list | None:
     return [int(v) if re.fullmatch(r"-?\d+", v) else v for v in values]
 
 
+def all_needs_options() -> str:
+    """The registered methods that need an option without a default (BroadCAM's fitted weights)."""
+    from ..methods import METHODS
+
+    return ", ".join(m for m, spec in METHODS.items() if spec.requires)
+
+
 def applicable_methods(model, requested: list[str], layers) -> tuple[list[str], list[str]]:
     """``(methods to run, methods skipped)``. Each method's program is configured once here, which validates the
     layers against the model (UnknownLayerError); 'all' skips the methods that need a GAP+FC head when the layer is
@@ -187,6 +197,10 @@ def applicable_methods(model, requested: list[str], layers) -> tuple[list[str], 
 
     run, skipped = [], []
     for name in (list(METHODS) if requested == ["all"] else requested):
+        if requested == ["all"] and METHODS[name].requires:
+            continue  # BroadCAM's fitted weights exist only in Python: see all_needs_options()
+        if requested == ["all"] and METHODS[name].output == "whole_network" and model.tapped.biases is None:
+            continue  # FullGrad on a model whose forward declares no bias sites
         try:
             explainer(model, name, layers)
         except UnknownLayerError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import activation, fullgrad, gradient, multipass, perturbation, ssa
+from . import activation, broadcam, fullgrad, gradient, multipass, perturbation, ssa
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class MethodSpec:
     gap_fc_only: bool = False
     options: tuple[str, ...] = ()
     random: bool = False  # draws noise from the explicit key
+    requires: tuple[str, ...] = ()  # options without a default (BroadCAM's fitted weights): "all" skips the method
 
 
 PGC = "pytorch-grad-cam 1.5.7"
@@ -100,6 +101,10 @@ METHODS: dict[str, MethodSpec] = {
     "ssa": MethodSpec("ssa", ssa.ssa, "gradient", "map", True, "1F+1B+(hw)^2 affinity per layer",
                       "Sun & Li, arXiv 2111.03392 ([ours] affinity and fusion)",
                       "closed-form tests (block affinity = region means)", options=("base",)),
+    "broadcam": MethodSpec("broadcam", broadcam.broadcam, "activation", "weighted", False,
+                           "1F (after fit_broadcam: 1F per fitting image)", "Lin et al., arXiv 2309.03509",
+                           "closed-form tests (ridge solutions, BLS fold-back)", options=("weights",),
+                           requires=("weights",)),
 }
 
 
