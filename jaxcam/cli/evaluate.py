@@ -423,13 +423,12 @@ def write_outputs(rows, sanity, maps, classes, x, model, names, out, args, info)
 
 def _maps_figure(maps, classes, x, model, names) -> bytes:
     """Each method's map on each image (rows: images; columns: methods)."""
-    from ..data import imagenet_classes
     from ..plots import picture_grid
     from ..viz import overlay
 
     pixels = np.clip(np.asarray(x) * np.asarray(model.std, np.float32) + np.asarray(model.mean,
                                                                                          np.float32), 0.0, 1.0)
-    labels = imagenet_classes() if model.num_classes == 1000 else None
+    labels = list(model.class_names) if model.class_names else None
     methods = list(maps)
     pictures = [[overlay(pixels[i], maps[m][i]) for m in methods] for i in range(len(names))]
     row_labels = [f"{n}\n{labels[int(c)][:18] if labels else f'class {int(c)}'}" for n, c in zip(names, classes)]

@@ -57,7 +57,7 @@ def add_parser(sub) -> None:
                    help="class indices (one for every image, or one per image), 'top1' (each image's predicted "
                         "class; the default) or 'topK' such as 'top5' (each of the K most probable classes)")
     p.add_argument("--layer", nargs="+", metavar="NAME",
-                   help="target layer(s): stage names, aliases or indices (see `jaxcam models --stages`); several "
+                   help="target layer(s): stage names, aliases or indices (see `jaxcam layers --model M`); several "
                         "are fused (default: the architecture's default CAM layer)")
     p.add_argument("--out", default=os.path.join("runs", "explain"), metavar="DIR",
                    help="output directory, created if needed; other files in it are kept (default: runs/explain)")
@@ -225,10 +225,9 @@ def decode(sources, max_pixels=None) -> list[np.ndarray]:
 
 
 def class_labels(model) -> list[str]:
-    from ..data import imagenet_classes
-
-    if model.num_classes == 1000:
-        return list(imagenet_classes())
+    """The model's own class names (ImageNet's for the built-in models), else ``class <i>``."""
+    if model.class_names:
+        return list(model.class_names)
     return [f"class {i}" for i in range(model.num_classes)]
 
 

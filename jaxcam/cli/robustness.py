@@ -336,7 +336,6 @@ def example_maps(model, source, rows, args) -> list[tuple[str, bytes]]:
 
     from .. import noise as N
     from .._explain import explain
-    from ..data import imagenet_classes
     from ..datasets import as_source
     from ..plots import picture_grid
     from ..robustness import image_hash
@@ -361,7 +360,7 @@ def example_maps(model, source, rows, args) -> list[tuple[str, bytes]]:
     classes = None if args.explain_class == "new_prediction" else np.repeat(clean_cls, k + 1)
     maps, logits, cls = explain(model, _normalise(model, stack), methods, classes, preprocessed=True,
                                 key=args.key, return_logits=True)
-    labels = imagenet_classes() if model.num_classes == 1000 else None
+    labels = list(model.class_names) if model.class_names else None
     cls = np.asarray(cls)
     out = []
     for i, image_id in enumerate(np.asarray(batch["id"]).astype(str).tolist()):
