@@ -145,3 +145,40 @@ def test_bad_layers_are_one_clear_error(model):
         from_equinox(inner, input_size=32, layers=["conv"])
     with pytest.raises(jaxcam.InvalidArgumentError, match="takes an equinox.Module"):
         from_equinox(lambda x: x)
+
+
+class TokenBlock(eqx.Module):
+    mix: eqx.nn.Linear
+
+    def __call__(self, t):  # (T, C): a per-token layer through the model's own vmap, then a residual
+        return t + jnp.tanh(jax.vmap(self.mix)(t))
+
+
+class TokenNet(eqx.Module):
+    """8x8 patches of a 32 px image (a 4x4 grid) after a CLS token, a token block, the head on CLS + mean patch."""
+
+    patch: eqx.nn.Conv2d
+    cls: jax.Array
+    block: TokenBlock
+    head: eqx.nn.Linear
+
+    def __call__(self, x):
+        p = self.patch(x)  # (C, 4, 4)
+        t = jnp.concatenate([self.cls, p.reshape(p.shape[0], -1).T])
+        t = self.block(t)
+        return self.head(t[0] + t[1:].mean(0))
+
+
+def test_token_outputs_are_patch_grids_and_replays_keep_the_prefix():
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    net = TokenNet(eqx.nn.Conv2d(3, 4, 8, stride=8, key=k[0]), jax.random.normal(k[1], (1, 4)),
+                   TokenBlock(eqx.nn.Linear(4, 4, key=k[2])), eqx.nn.Linear(4, 3, key=k[3]))
+    model = from_equinox(net, input_size=32, patch_size=8)
+    assert model.tapped.sites == ("patch", "block") and model.tapped.apply.token_sites == {"block"}
+    x = T.images()
+    grid = capture(model.tapped.apply, model.params, x, ("block",)).acts["block"]
+    tokens = jax.vmap(lambda e: net.block(jnp.concatenate([net.cls, net.patch(e).reshape(4, -1).T])))(
+        jnp.moveaxis(x, -1, 1))
+    np.testing.assert_allclose(grid, tokens[:, 1:].reshape(2, 4, 4, 4), atol=1e-5)
+    zeroed = replay(model.tapped.apply, model.params, x, "block", jnp.zeros_like(grid))
+    np.testing.assert_allclose(zeroed, jax.vmap(lambda t: net.head(t[0]))(tokens), atol=1e-5)  # CLS kept

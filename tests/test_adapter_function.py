@@ -155,3 +155,32 @@ def test_bad_inputs_are_one_clear_error(marked):
         jaxcam.explain(marked, T.images(), layer="blok2", preprocessed=True)
     with pytest.raises(jaxcam.InvalidArgumentError, match="must return logits of shape \\(N, C\\)"):
         from_function(lambda p, x: checkpoint_name(x * p, "f"), jnp.float32(1.0), input_size=32)
+
+
+def vit_fn(params, x):
+    """A token model: 8x8 patches of a 32 px image (a 4x4 grid) after a CLS token, one token-mixing step, the
+    classifier on CLS plus the mean patch."""
+    p = jax.lax.conv_general_dilated(x, params["patch"], (8, 8), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    t = jnp.concatenate([jnp.broadcast_to(params["cls"], (x.shape[0], 1, 4)), p.reshape(x.shape[0], 16, 4)], 1)
+    t = checkpoint_name(t, "tokens")
+    t = checkpoint_name(t + jnp.tanh(t @ params["mix"]), "block")
+    return (t[:, 0] + t[:, 1:].mean(1)) @ params["head"]
+
+
+def test_markers_on_tokens_are_patch_grids_and_replays_keep_the_prefix():
+    rng = np.random.default_rng(0)
+    params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in
+              {"patch": (8, 8, 3, 4), "cls": (1, 1, 4), "mix": (4, 4), "head": (4, 3)}.items()}
+    with pytest.raises(jaxcam.InvalidArgumentError, match="no layer whose output is a feature map.*pass patch_size="):
+        from_function(vit_fn, params, input_size=32)
+    model = from_function(vit_fn, params, input_size=32, patch_size=8)
+    assert model.tapped.sites == ("tokens", "block") and model.tapped.apply.token_sites == {"tokens", "block"}
+    x = T.images()
+    grid = capture(model.tapped.apply, model.params, x, ("tokens",)).acts["tokens"]
+    patches = jax.lax.conv_general_dilated(x, params["patch"], (8, 8), "VALID",
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(grid, patches, atol=1e-5)  # the 4x4 grid is the patch embedding, CLS dropped
+    zeroed = replay(model.tapped.apply, model.params, x, "tokens", jnp.zeros_like(grid))
+    t = jnp.concatenate([jnp.broadcast_to(params["cls"], (2, 1, 4)), jnp.zeros((2, 16, 4))], 1)  # CLS kept
+    t = t + jnp.tanh(t @ params["mix"])
+    np.testing.assert_allclose(zeroed, (t[:, 0] + t[:, 1:].mean(1)) @ params["head"], atol=1e-5)

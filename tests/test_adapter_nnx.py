@@ -241,3 +241,4 @@ def test_layers_inside_a_transformation_are_refused_and_nnx_transforms_under_vjp
     model = from_nnx(Rematted(nnx.Rngs(0), True), input_size=32)
     with pytest.raises(jaxcam.InvalidArgumentError, match=r"runs an NNX transformation.*jax.checkpoint\(lambda h"):
         jaxcam.explain(model, x, "gradcam", preprocessed=True)
+

@@ -35,8 +35,9 @@ from jax.interpreters import batching
 from ..errors import InvalidArgumentError, MissingDependencyError
 from ..tapped import Tapped
 from .model import Model
-from .sites import NESTED, check_logits, choose_sites, closed_form_sites, discover, here, is_grid, name_calls, \
-    provisional, repeated, select_output
+from .sites import NESTED, as_grids, check_logits, choose_sites, closed_form_sites, discover, here, is_grid, \
+    name_calls, provisional, repeated, select_output, through_tap, token_sites, vit_default
+from .tokens import as_pair, check_prefix
 
 AXIS = "jaxcam_examples"  # the vmap axis the adapter batches examples over
 BIAS = "bias:"
@@ -55,7 +56,7 @@ def _equinox():
 tap_p = Primitive("jaxcam_equinox_tap")
 
 
-def _outside_vmap(y, *, site, fn):
+def _outside_vmap(y, *, site, fn, token):
     raise InvalidArgumentError(f"layer {site!r} runs inside a jax.jit, lax.scan or jax.checkpoint within the Equinox "
                                "model, where its activation lives in another trace and cannot be tapped; pick a "
                                "layer outside it (jaxcam.layers(model) lists them)")
@@ -65,13 +66,17 @@ tap_p.def_impl(_outside_vmap)
 tap_p.def_abstract_eval(_outside_vmap)
 
 
-def _batched(axis_data, vals, dims, *, site, fn):
-    """Run in the trace around the adapter's vmap: the whole batch's activation goes through the tap."""
+def _batched(axis_data, vals, dims, *, site, fn, token):
+    """Run in the trace around the adapter's vmap: the whole batch's activation goes through the tap. A grid
+    (N, K, h, w) is seen channels-last; tokens (N, T, C) as they are (``token`` None, discovery) or as their patch
+    grid (``token`` = (prefix, patch, image size))."""
     (y,), (d,) = vals, dims
     if axis_data.name != AXIS:
         raise InvalidArgumentError(f"layer {site!r} runs inside a jax.vmap within the Equinox model, so its "
                                    "activation is not one per example; pick a layer outside it")
     y = jnp.broadcast_to(y, (axis_data.size, *y.shape)) if d is None else jnp.moveaxis(y, d, 0)
+    if y.ndim == 3:
+        return (fn(site, y) if token is None else through_tap(fn, site, y, *token)), 0
     out = fn(site, jnp.moveaxis(y, 1, -1))
     return jnp.moveaxis(out, -1, 1), 0
 
@@ -79,13 +84,15 @@ def _batched(axis_data, vals, dims, *, site, fn):
 batching.fancy_primitive_batchers[tap_p] = _batched
 
 
-def _tap_output(out, site, fn):
-    """The (K, h, w) array of a layer's output (or a stateful layer's ``(array, state)``) through the tap."""
-    if isinstance(out, jax.Array) and out.ndim == 3:
-        return tap_p.bind(out, site=site, fn=fn)
-    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], jax.Array) and out[0].ndim == 3:
-        return tap_p.bind(out[0], site=site, fn=fn), out[1]
-    return out
+def _tap_output(out, site, fn, token=None, tokens_raw=False):
+    """A layer's output (or a stateful layer's ``(output, state)``) through the tap: a (K, h, w) grid, or (T, C)
+    tokens when ``token`` maps them to a grid or ``tokens_raw`` (discovery) asks for them as they are."""
+    pair = isinstance(out, tuple) and len(out) == 2
+    y = out[0] if pair else out
+    if not isinstance(y, jax.Array) or not (y.ndim == 3 or (y.ndim == 2 and (token or tokens_raw))):
+        return out
+    y = tap_p.bind(y, site=site, fn=fn, token=token if y.ndim == 2 else None)
+    return (y, out[1]) if pair else y
 
 
 @functools.cache
@@ -157,7 +164,13 @@ class EquinoxApply:
     biases: tuple = ()
     stateful: bool = False
     output: object = None
+    tokens: tuple = ()  # (site, prefix) of the sites whose output is a ViT token sequence
+    patch: tuple | None = None
     discover: bool = False
+
+    @property
+    def token_sites(self) -> frozenset:
+        return frozenset(name for name, _ in self.tokens)
 
     def __call__(self, params, x, tap):
         return self.run(params, x, tap)
@@ -177,7 +190,8 @@ class EquinoxApply:
         for keys in self.biases:
             targets.setdefault(".".join(map(str, keys)), keys)
         for path, keys in sorted(targets.items(), key=lambda kv: -len(kv[1])):  # deepest first
-            fn = functools.partial(self._tap, tap, counts, path, path in layers, bias_index.get(keys), top, nested)
+            fn = functools.partial(self._tap, tap, counts, path, path in layers, bias_index.get(keys), top, nested,
+                                   tuple(x.shape[1:3]))
             model = eqx.tree_at(lambda m, keys=keys: _get(m, keys), model, replace_fn=lambda s, fn=fn: wrap(s, fn))
 
         def one(example):
@@ -186,7 +200,7 @@ class EquinoxApply:
 
         return select_output(jax.vmap(one, axis_name=AXIS)(jnp.moveaxis(x, -1, 1)), self.output)
 
-    def _tap(self, tap, counts, path, is_layer, bias, top, nested, out):
+    def _tap(self, tap, counts, path, is_layer, bias, top, nested, image_hw, out):
         if here() != top[-1]:
             if nested is not None:
                 nested.setdefault(path, NESTED)
@@ -196,7 +210,10 @@ class EquinoxApply:
         if bias is not None:
             out = _tap_output(out, provisional(f"{BIAS}{bias}", call) if path in self.multi else f"{BIAS}{bias}", tap)
         if is_layer:
-            out = _tap_output(out, provisional(path, call) if multi else path, tap)
+            name = provisional(path, call) if multi else path
+            prefix = dict(self.tokens).get(name)
+            token = None if prefix is None else (prefix, self.patch, image_hw)
+            out = _tap_output(out, name, tap, token, self.discover)
         return out
 
 
@@ -243,7 +260,7 @@ def _bias_layer(node, stateful: bool) -> bool:
 
 def from_equinox(model, *, layers=None, default_layer: str | None = None, output=None, state=None,
                  input_size: int = 224, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), class_names=None,
-                 name: str | None = None) -> Model:
+                 name: str | None = None, patch_size=None, prefix_tokens: int | None = None) -> Model:
     """An Equinox image classifier as a jaxcam model, for :func:`jaxcam.explain`, :func:`jaxcam.evaluate`,
     ``jaxcam.robustness.run``, the metrics and the CLI.
 
@@ -260,11 +277,17 @@ def from_equinox(model, *, layers=None, default_layer: str | None = None, output
       state: the ``eqx.nn.State`` of a stateful model (BatchNorm running statistics), traced like the arrays.
       input_size, mean, std, class_names, name: preprocessing (NHWC batches, transposed for the model), class
         names and the model's name (default: its class name).
+      patch_size, prefix_tokens: for a Vision Transformer, a submodule output of tokens ``(prefix + h*w, C)`` per
+        example is a layer seen as its patch grid (``h = input_size // patch_size``; prefix inferred unless given).
+        Equinox applies per-token layers (LayerNorm, MLP) through ``jax.vmap`` over the tokens, inside the model's
+        own vmap, so they are not sites; the block outputs are. The last block's output has no gradient on the
+        patch tokens when only the prefix token reaches the classifier: pass ``default_layer=`` an earlier block.
     """
     eqx = _equinox()
     if not isinstance(model, eqx.Module):
         raise InvalidArgumentError(f"from_equinox takes an equinox.Module, got {type(model).__name__}")
     label = name or type(model).__name__
+    patch, prefix = (None if patch_size is None else as_pair(patch_size)), check_prefix(prefix_tokens)
     model = eqx.nn.inference_mode(model, value=True)
     arrays, static = eqx.partition(model, eqx.is_array)
     stateful = state is not None
@@ -276,7 +299,11 @@ def from_equinox(model, *, layers=None, default_layer: str | None = None, output
     check_logits(jax.eval_shape(lambda p, v: probe(p, v, lambda s, a: a), params, x), 2, label, output)
     seen, nested = discover(probe.run, params, x)
     found, multi = name_calls(seen), repeated(seen)
-    sites, default = choose_sites(found, tuple(subs), 2, layers, default_layer, label, nested)
+    tokens = token_sites(found, size, patch, prefix)
+    grids = as_grids(found, tokens, size, patch)
+    norms = [p for p, keys in subs.items() if isinstance(_get(model, keys), eqx.nn.LayerNorm)]
+    sites, default = choose_sites(grids, tuple(subs), 2, layers, default_layer, label, nested,
+                                  vit_default(tuple(grids), tokens, norms))
     bias_keys = tuple(keys for path, keys in subs.items() if _bias_layer(_get(model, keys), stateful)
                       and any(k.rsplit("#", 1)[0] == path and is_grid(s, 2) for k, s in seen.items()))
     bias_sites = tuple((keys, f"{BIAS}{i}" if ".".join(map(str, keys)) not in multi else provisional(f"{BIAS}{i}", c))
@@ -284,7 +311,8 @@ def from_equinox(model, *, layers=None, default_layer: str | None = None, output
                        for c in range(sum(k.rsplit("#", 1)[0] == ".".join(map(str, keys)) for k in seen)
                                       if ".".join(map(str, keys)) in multi else 1))
     paths = dict.fromkeys(s.rsplit("#", 1)[0] for s in sites)
-    apply = EquinoxApply(static, tuple((p, subs[p]) for p in paths), multi, bias_keys, stateful, output)
+    apply = EquinoxApply(static, tuple((p, subs[p]) for p in paths), multi, bias_keys, stateful, output,
+                         tuple((s, tokens[s]) for s in sites if s in tokens), patch)
     tapped = Tapped(apply, sites, default, gap_fc_sites=closed_form_sites(apply, params, size, sites),
                     bias_sites=tuple(s for _, s in bias_sites),
                     biases=EquinoxBiases(static, bias_sites, stateful) if bias_sites else None)

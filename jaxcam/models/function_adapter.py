@@ -30,7 +30,9 @@ from jax.extend.core import Literal, jaxprs_in_params
 from ..errors import InvalidArgumentError, UnknownLayerError
 from ..tapped import Tapped, site_shapes
 from .model import Model
-from .sites import check_logits, choose_sites, closed_form_sites, provisional, select_output
+from .sites import as_grids, check_logits, choose_sites, closed_form_sites, provisional, select_output, through_tap, \
+    token_sites
+from .tokens import as_pair, check_prefix
 
 MARKER = "name"  # the primitive checkpoint_name binds
 BIAS = "bias:"
@@ -117,14 +119,28 @@ def _evaluate(jaxpr, consts, args, tap):
 
 @dataclass(frozen=True)
 class MarkedApply:
-    """The tapped forward of ``fn(params, x)`` cut at its ``checkpoint_name`` markers."""
+    """The tapped forward of ``fn(params, x)`` cut at its ``checkpoint_name`` markers. ``tokens``: ``(marker,
+    prefix)`` of the markers on ViT token sequences, seen as their ``patch`` grids."""
 
     fn: Callable
     output: object = None
+    tokens: tuple = ()
+    patch: tuple | None = None
+
+    @property
+    def token_sites(self) -> frozenset:
+        return frozenset(name for name, _ in self.tokens)
 
     def __call__(self, params, x, tap):
         closed, out_tree = trace(self.fn, params, x)
-        outs = _evaluate(closed.jaxpr, closed.consts, jax.tree.leaves((params, x)), tap)
+        prefixes = dict(self.tokens)
+
+        def marker(name, value):
+            if name in prefixes and value.ndim == 3:
+                return through_tap(tap, name, value, prefixes[name], self.patch, tuple(x.shape[1:3]))
+            return tap(name, value)
+
+        outs = _evaluate(closed.jaxpr, closed.consts, jax.tree.leaves((params, x)), marker)
         return select_output(jax.tree.unflatten(out_tree, outs), self.output)
 
 
@@ -155,7 +171,8 @@ def _takes_tap(fn) -> tuple[bool, bool]:
 
 def from_function(fn: Callable, params, *, layers=None, default_layer: str | None = None, output=None,
                   biases: Callable | None = None, input_size: int = 224, mean=(0.0, 0.0, 0.0),
-                  std=(1.0, 1.0, 1.0), class_names=None, name: str | None = None) -> Model:
+                  std=(1.0, 1.0, 1.0), class_names=None, name: str | None = None, patch_size=None,
+                  prefix_tokens: int | None = None) -> Model:
     """A plain JAX classifier ``fn(params, x) -> logits`` as a jaxcam model.
 
     Mark each layer a CAM may look at in ``fn``'s own code, on a channels-last map ``h`` of shape (N, h, w, K)::
@@ -176,11 +193,14 @@ def from_function(fn: Callable, params, *, layers=None, default_layer: str | Non
       output: how to read the logits from a non-array output (an index, a key, an attribute name or a function).
       biases: for FullGrad, ``params -> {"bias:...": (C,)}`` for the ``bias:...`` markers (hashable).
       input_size, mean, std, class_names, name: preprocessing, class names and the model's name.
+      patch_size, prefix_tokens: for a Vision Transformer, a marker on tokens ``(N, prefix + h*w, C)`` is a layer
+        seen as its patch grid (``h = input_size // patch_size``; the prefix inferred from the count unless given).
     """
     if not callable(fn):
         raise InvalidArgumentError(f"from_function takes a function fn(params, x) -> logits, got "
                                    f"{type(fn).__name__}")
     label = name or getattr(fn, "__name__", type(fn).__name__)
+    patch, prefix = (None if patch_size is None else as_pair(patch_size)), check_prefix(prefix_tokens)
     size = int(input_size)
     x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
     takes_tap, keyword = _takes_tap(fn)
@@ -215,7 +235,11 @@ def from_function(fn: Callable, params, *, layers=None, default_layer: str | Non
         raise InvalidArgumentError(f"biases= was given but {label} marks no 'bias:...' site: mark the output of each "
                                    "bias-carrying layer with checkpoint_name(h, 'bias:<i>') (or tap('bias:<i>', h))")
     found = {k: v for k, v in seen.items() if not k.startswith(BIAS)}
-    sites, default = choose_sites(found, tuple(found), 2, layers, default_layer, label)
+    tokens = token_sites(found, size, patch, prefix) if isinstance(apply, MarkedApply) else {}
+    grids = as_grids(found, tokens, size, patch)
+    sites, default = choose_sites(grids, tuple(found), 2, layers, default_layer, label)
+    if tokens:
+        apply = MarkedApply(fn, output, tuple((s, tokens[s]) for s in sites if s in tokens), patch)
     tapped = Tapped(apply, sites, default, gap_fc_sites=closed_form_sites(apply, params, size, sites),
                     bias_sites=bias_sites, biases=biases)
     return Model.from_tapped(tapped, params, name=label, input_size=size, mean=mean, std=std,

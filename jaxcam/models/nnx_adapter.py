@@ -31,8 +31,9 @@ from flax.errors import TraceContextError
 from ..errors import InvalidArgumentError
 from ..tapped import Tapped
 from .model import Model
-from .sites import NESTED, check_logits, choose_sites, closed_form_sites, discover, here, is_grid, name_calls, \
-    provisional, repeated, select_output
+from .sites import NESTED, as_grids, check_logits, choose_sites, closed_form_sites, discover, here, is_grid, \
+    name_calls, provisional, repeated, select_output, through_tap, token_sites, vit_default
+from .tokens import as_pair, check_prefix
 
 _TAP = "_jaxcam_tap"
 BIAS = "bias:"
@@ -96,6 +97,7 @@ class NnxApply:
     """The tapped forward (:mod:`jaxcam.tapped`) of an NNX module: merge, swap the tapped submodules' classes on
     the fresh copy, call. ``layers``: submodule paths whose grid outputs are sites (``path`` or, for a path in
     ``multi``, ``path#<call>``); ``biases``: paths of FullGrad's bias layers, tapped as ``bias:<i>``;
+    ``tokens``: ``(site, prefix)`` of the sites whose output is a ViT token sequence, seen as its ``patch`` grid;
     ``discover``: tap every array output of ``layers`` under provisional ``path#<call>`` names."""
 
     graphdef: nnx.GraphDef
@@ -103,7 +105,13 @@ class NnxApply:
     multi: frozenset = frozenset()
     biases: tuple[str, ...] = ()
     output: object = None
+    tokens: tuple = ()
+    patch: tuple | None = None
     discover: bool = False
+
+    @property
+    def token_sites(self) -> frozenset:
+        return frozenset(name for name, _ in self.tokens)
 
     def __call__(self, params, x, tap):
         return self.run(params, x, tap)
@@ -119,7 +127,8 @@ class NnxApply:
         for path in dict.fromkeys(self.layers + self.biases):
             node = nodes[path]
             node.__class__ = _tapping(type(node))
-            node.__dict__[_TAP] = partial(self._tap, tap, counts, path, bias_index.get(path), top, nested)
+            node.__dict__[_TAP] = partial(self._tap, tap, counts, path, bias_index.get(path), top, nested,
+                                          tuple(x.shape[1:3]))
         try:
             out = module(x)
         except TraceContextError as e:
@@ -130,7 +139,7 @@ class NnxApply:
                 "submodule instead (jax.checkpoint(lambda h: self.block(h))(h)), or a gradient-free method") from e
         return select_output(out, self.output)
 
-    def _tap(self, tap, counts, path, bias, top, nested, out):
+    def _tap(self, tap, counts, path, bias, top, nested, image_hw, out):
         if here() != top:
             if nested is not None:
                 nested.setdefault(path, NESTED)
@@ -141,8 +150,12 @@ class NnxApply:
         multi = path in self.multi
         if bias is not None and out.ndim == 4:
             out = tap(provisional(f"{BIAS}{bias}", call) if multi else f"{BIAS}{bias}", out)
-        if path in self.layers and (self.discover or out.ndim == 4):
-            out = tap(provisional(path, call) if multi or self.discover else path, out)
+        if path not in self.layers:
+            return out
+        name = provisional(path, call) if multi or self.discover else path
+        prefix = dict(self.tokens).get(name)
+        if self.discover or (out.ndim == 4 and prefix is None) or (out.ndim == 3 and prefix is not None):
+            out = through_tap(tap, name, out, prefix, self.patch, image_hw)
         return out
 
 
@@ -161,7 +174,7 @@ class NnxBiases:
 
 def from_nnx(module: nnx.Module, *, layers=None, default_layer: str | None = None, output=None,
              input_size: int = 224, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), class_names=None,
-             name: str | None = None) -> Model:
+             name: str | None = None, patch_size=None, prefix_tokens: int | None = None) -> Model:
     """A flax.nnx image classifier as a jaxcam model, for :func:`jaxcam.explain`, :func:`jaxcam.evaluate`,
     ``jaxcam.robustness.run``, the metrics and the CLI.
 
@@ -176,6 +189,10 @@ def from_nnx(module: nnx.Module, *, layers=None, default_layer: str | None = Non
       input_size, mean, std, class_names: the preprocessing :func:`jaxcam.preprocess` applies (square
         ``input_size``, ``(rgb - mean) / std``) and the class names.
       name: the model's name in tables and reports (default: the module's class name).
+      patch_size, prefix_tokens: for a Vision Transformer, the patch size in pixels: a submodule output of tokens
+        ``(N, prefix + h*w, C)`` is then a layer, seen as its (h, w) patch grid (``h = input_size // patch``; the
+        prefix, CLS/distillation/register tokens, inferred from the count unless given). The default layer of a
+        ViT is the last block's first LayerNorm (the last block's output has no gradient on the patch tokens).
 
     Raises ``InvalidArgumentError`` for a module in training mode (the message lists the submodules and the fix),
     ``UnknownLayerError`` (closest names suggested) or ``LayerNotCalledError`` for a layer the forward never runs.
@@ -189,24 +206,31 @@ def from_nnx(module: nnx.Module, *, layers=None, default_layer: str | None = Non
         raise InvalidArgumentError(f"{label} is in training mode, so its logits would depend on the rest of the "
                                    f"batch: {'; '.join(bad)}. Call module.eval() first (or pass nnx.view(module, "
                                    "use_running_average=True, deterministic=True))")
+    patch, prefix = (None if patch_size is None else as_pair(patch_size)), check_prefix(prefix_tokens)
     graphdef, state = nnx.split(module)
     nodes = _modules(module)
     paths = tuple(nodes)
-    x = jax.ShapeDtypeStruct((2, int(input_size), int(input_size), 3), jnp.float32)
+    size = int(input_size)
+    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
     probe = NnxApply(graphdef, paths, frozenset(paths), (), output, discover=True)
     check_logits(jax.eval_shape(partial(_forward, probe), state, x), 2, label, output)
     seen, nested = discover(probe.run, state, x)
     found, multi = name_calls(seen), repeated(seen)
-    sites, default = choose_sites(found, paths, 2, layers, default_layer, label, nested)
+    tokens = token_sites(found, size, patch, prefix)
+    grids = as_grids(found, tokens, size, patch)
+    norms = [p for p, n in nodes.items() if isinstance(n, nnx.LayerNorm)]
+    sites, default = choose_sites(grids, paths, 2, layers, default_layer, label, nested,
+                                  vit_default(tuple(grids), tokens, norms))
     bias_paths = tuple(p for p, n in nodes.items() if _bias_layer(n)
                        and any(k.rsplit("#", 1)[0] == p and is_grid(s, 2) for k, s in seen.items()))
     bias_sites = tuple((p, f"{BIAS}{i}" if p not in multi else provisional(f"{BIAS}{i}", c))
                        for i, p in enumerate(bias_paths)
                        for c in range(sum(k.rsplit("#", 1)[0] == p for k in seen) if p in multi else 1))
-    apply = NnxApply(graphdef, tuple(dict.fromkeys(s.rsplit("#", 1)[0] for s in sites)), multi, bias_paths, output)
-    tapped = Tapped(apply, sites, default, gap_fc_sites=closed_form_sites(apply, state, int(input_size), sites),
+    apply = NnxApply(graphdef, tuple(dict.fromkeys(s.rsplit("#", 1)[0] for s in sites)), multi, bias_paths, output,
+                     tuple((s, tokens[s]) for s in sites if s in tokens), patch)
+    tapped = Tapped(apply, sites, default, gap_fc_sites=closed_form_sites(apply, state, size, sites),
                     bias_sites=tuple(s for _, s in bias_sites), biases=NnxBiases(graphdef, bias_sites))
-    return Model.from_tapped(tapped, state, name=label, input_size=int(input_size), mean=mean, std=std,
+    return Model.from_tapped(tapped, state, name=label, input_size=size, mean=mean, std=std,
                              class_names=class_names, source="nnx module")
 
 

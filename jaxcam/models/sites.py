@@ -19,6 +19,7 @@ from ..errors import InvalidArgumentError, LayerNotCalledError, UnknownLayerErro
 from jax.extend.core import get_opaque_trace_state
 
 from ..tapped import replay, site_shapes
+from .tokens import TokenGrid, patch_grid, token_grid
 
 CALL = "#"
 
@@ -76,24 +77,79 @@ def repeated(seen: Iterable[str]) -> frozenset[str]:
     return frozenset(p for p in paths if paths.count(p) > 1)
 
 
+def token_sites(found: Mapping[str, jax.ShapeDtypeStruct], input_size: int, patch, prefix) -> dict[str, int]:
+    """``{name: prefix tokens}`` of the calls whose output is a ViT token sequence ``(N, prefix + h*w, C)`` holding
+    the patch grid of an ``input_size`` input (none without a ``patch`` size)."""
+    out = {}
+    for name, s in found.items():
+        tg = token_grid(tuple(s.shape), (input_size, input_size), patch, prefix) if patch is not None else None
+        if tg is not None and jnp.issubdtype(s.dtype, jnp.floating):
+            out[name] = tg.prefix
+    return out
+
+
+def as_grids(found: Mapping[str, jax.ShapeDtypeStruct], tokens: Mapping[str, int], input_size: int,
+             patch) -> dict[str, jax.ShapeDtypeStruct]:
+    """``found`` with each token site's shape replaced by the shape of its grid ``(N, h, w, C)``."""
+    out = dict(found)
+    for name in tokens:
+        s = found[name]
+        h, w = patch_grid((input_size, input_size), patch)
+        out[name] = jax.ShapeDtypeStruct((s.shape[0], h, w, s.shape[-1]), s.dtype)
+    return out
+
+
+def through_tap(tap, name: str, out, prefix: int | None, patch, image_hw):
+    """``tap(name, out)`` for a grid; for tokens (``prefix`` not None) the tap sees the patch grid and the model
+    continues with the tokens it implies (prefix tokens kept; a tap returning its input changes nothing)."""
+    if prefix is None:
+        return tap(name, out)
+    h, w = patch_grid(image_hw, patch)
+    if out.ndim != 3 or out.shape[1] != prefix + h * w:
+        raise InvalidArgumentError(f"layer {name!r} outputs {tuple(out.shape)}, not {prefix} prefix tokens + a "
+                                   f"{h}x{w} patch grid for a {image_hw[0]}x{image_hw[1]} input; explain at the "
+                                   "input size the model was adapted for")
+    grid = TokenGrid(prefix, h, w)
+    g = grid.to_grid(out)
+    new = tap(name, g)
+    return out if new is g else grid.from_grid(out, new)
+
+
+def vit_default(sites: Sequence[str], tokens: Mapping[str, int], norms: Iterable[str]) -> str | None:
+    """A ViT's default layer: the first LayerNorm of the last block with two of them among the token sites
+    (pytorch-grad-cam's ``blocks[-1].norm1``), since the last block's output has zero gradient on the patch
+    tokens when only the prefix token reaches the classifier. None when the sites hold no such block."""
+    groups: dict[str, list[str]] = {}
+    norms = set(norms)
+    for name in sites:
+        if name in tokens and name.rsplit(CALL, 1)[0] in norms:
+            groups.setdefault(name.rsplit(CALL, 1)[0].rsplit(".", 1)[0], []).append(name)
+    blocks = [names for names in groups.values() if len(names) >= 2]
+    return blocks[-1][0] if blocks else None
+
+
 def is_grid(s, batch: int) -> bool:
     """Whether an activation is a channels-last grid ``(N, h, w, K)`` of the batch, i.e. a CAM layer."""
     return len(getattr(s, "shape", ())) == 4 and s.shape[0] == batch and jnp.issubdtype(s.dtype, jnp.floating)
 
 
 def choose_sites(found: Mapping[str, jax.ShapeDtypeStruct], defined: Sequence[str], batch: int, layers,
-                 default_layer, model: str, nested: Mapping[str, str] | None = None) -> tuple[tuple[str, ...], str]:
+                 default_layer, model: str, nested: Mapping[str, str] | None = None,
+                 preferred: str | None = None) -> tuple[tuple[str, ...], str]:
     """``(sites, default site)`` offered as ``layer=``: ``layers`` (validated) or every grid call found, in call
-    order; the default is ``default_layer`` or the last grid site with more than one position (the features before
-    the classifier head).
+    order; the default is ``default_layer``, else ``preferred`` when it is a site (a ViT's, :func:`vit_default`),
+    else the last grid site with more than one position (the features before the classifier head).
 
     ``found``: final names -> activation shapes; ``defined``: every path the model defines (a defined path missing
     from ``found`` is never called; ``nested``: paths whose calls run inside a nested transformation, with why).
     Every refusal names the layer and lists the valid ones."""
     grids = [n for n, s in found.items() if is_grid(s, batch)]
     if not grids:
+        vit = any(len(s.shape) == 3 for s in found.values())
         raise InvalidArgumentError(f"{model} has no layer whose output is a feature map (N, h, w, K): none of its "
-                                   f"calls ({', '.join(found) or 'none'}) returns a channels-last batch of grids")
+                                   f"calls ({', '.join(found) or 'none'}) returns a channels-last batch of grids"
+                                   + ("; for a ViT pass patch_size= (and prefix_tokens= if needed) to map its tokens "
+                                      "to patch grids" if vit else ""))
     if layers is None:
         sites = tuple(grids)
     else:
@@ -105,6 +161,8 @@ def choose_sites(found: Mapping[str, jax.ShapeDtypeStruct], defined: Sequence[st
         sites = tuple(sorted(dict.fromkeys(chosen), key=order.index))
         if not sites:
             raise UnknownLayerError("(empty list)", grids, model)
+    if default_layer is None and preferred in sites:
+        return sites, preferred
     if default_layer is None:  # the last map with more than one position (a 1x1 map after pooling explains nothing)
         spatial = [n for n in sites if int(np.prod(found[n].shape[1:3])) > 1]
         return sites, (spatial or sites)[-1]
@@ -124,8 +182,10 @@ def check_layer(layer, found: Mapping[str, jax.ShapeDtypeStruct], defined: Seque
     if layer in found:
         if not is_grid(found[layer], batch):
             s = found[layer]
+            hint = (" (tokens (N, T, C): for a ViT pass patch_size= and, if needed, prefix_tokens= so they map to a "
+                    "patch grid)" if len(s.shape) == 3 else "")
             raise InvalidArgumentError(f"layer {layer!r} of {model} outputs {s.dtype.name}{list(s.shape)}, not a "
-                                       f"feature map (N, h, w, K); pick one of: {', '.join(grids)}")
+                                       f"feature map (N, h, w, K){hint}; pick one of: {', '.join(grids)}")
         return layer
     calls = [n for n in found if n.rsplit(CALL, 1)[0] == layer]
     if calls:
@@ -207,5 +267,6 @@ def check_logits(out, batch: int, model: str, output) -> None:
                                    f"{hint}")
 
 
-__all__ = ["NESTED", "check_layer", "check_logits", "choose_sites", "closed_form_sites", "discover", "here",
-           "is_grid", "name_calls", "provisional", "repeated", "select_output"]
+__all__ = ["NESTED", "as_grids", "check_layer", "check_logits", "choose_sites", "closed_form_sites", "discover",
+           "here", "is_grid", "name_calls", "provisional", "repeated", "select_output", "through_tap", "token_sites",
+           "vit_default"]
