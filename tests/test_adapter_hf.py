@@ -166,3 +166,33 @@ def test_cam_and_fullgrad_on_the_resnet(resnet, x):
 def test_not_a_hugging_face_model():
     with pytest.raises(jaxcam.InvalidArgumentError, match="Hugging Face Flax model"):
         from_hf(object())
+
+
+@pytest.mark.parametrize("kind", ["beit", "dinov2", "regnet"])
+def test_other_hugging_face_classifiers(kind, x):
+    """BEiT (mean-pooled patch tokens), DINOv2 (CLS + mean of the patch tokens) and RegNet take the same path: the
+    tapped forward's logits equal the module's, and the default layer gets a non-zero gradient on its grid."""
+    from jaxcam import targets
+    from jaxcam.tapped import capture
+
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=SIZE, patch_size=8,
+                 num_labels=3)
+    cls, config, default = {
+        "beit": (transformers.FlaxBeitForImageClassification, transformers.BeitConfig(intermediate_size=64, **small),
+                 "beit.encoder.layer.1.layernorm_before"),
+        "dinov2": (transformers.FlaxDinov2ForImageClassification, transformers.Dinov2Config(mlp_ratio=2, **small),
+                   "dinov2.encoder.layer.1.norm1"),
+        "regnet": (transformers.FlaxRegNetForImageClassification,
+                   transformers.RegNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], groups_width=8,
+                                             num_labels=3), "regnet.encoder.stages.1")}[kind]
+    with jax.numpy_rank_promotion("allow"):  # BEiT's layer scale broadcasts (C,) against (N, T, C)
+        hf = cls(config, _do_init=False)
+        variables = random_variables(hf.module, SIZE, seed=2)
+        params = variables if "batch_stats" in variables else variables["params"]
+        model = from_hf(hf, params=params, input_size=SIZE)
+        cap = jax.jit(lambda p, x: capture(model.tapped.apply, p, x, (default,), (targets.logit,)))(model.params, x)
+        want = jax.jit(lambda p, x: hf.module.apply(p, x).logits)(variables, x)
+    np.testing.assert_allclose(cap.logits, want, atol=1e-5)
+    assert model.default_layer == default
+    assert cap.acts[default].shape[:3] == (2, 4, 4) if kind != "regnet" else cap.acts[default].ndim == 4
+    assert float(jnp.abs(cap.grads[targets.logit][default]).max()) > 0

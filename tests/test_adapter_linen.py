@@ -281,6 +281,7 @@ def test_unknown_pooled_and_scanned_layers_are_clear_errors(model, variables, x)
         jaxcam.explain(model, x, layer="block1", preprocessed=True)
     with pytest.raises(jaxcam.InvalidArgumentError, match=r"'pool' cannot be explained: .*pooled vector"):
         from_linen(CNN(), variables, input_size=SIZE, layers=["pool"])
+    assert "pooled vector" in dict(model.tapped.apply.refused)["pool"]  # for errors raised later, by layer name
 
     class Body(nn.Module):
         @nn.compact
@@ -306,3 +307,34 @@ def test_unknown_pooled_and_scanned_layers_are_clear_errors(model, variables, x)
         from_linen(object(), variables)
     with pytest.raises(jaxcam.InvalidArgumentError, match=r"\{'params'"):
         from_linen(CNN(), variables["params"], input_size=SIZE)
+
+
+def test_shared_modules_and_channels_first_modules():
+    """A module called twice gets one site per call (``conv#0``, ``conv#1``); a module taking NCHW input is
+    explained with layout="NCHW" exactly as its NHWC twin."""
+
+    class Twice(nn.Module):
+        nchw: bool = False
+
+        @nn.compact
+        def __call__(self, x):
+            x = jnp.transpose(x, (0, 2, 3, 1)) if self.nchw else x
+            conv = nn.Conv(3, (3, 3), name="conv")
+            x = conv(nn.relu(conv(x)))
+            return nn.Dense(2, name="head")(x.mean(axis=(1, 2)))
+
+    v = Twice().init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    nhwc = from_linen(Twice(), v, input_size=SIZE)
+    nchw = from_linen(Twice(nchw=True), v, input_size=SIZE, layout="NCHW")
+    assert nhwc.tapped.sites == nchw.tapped.sites == ("conv#0", "conv#1")
+    assert set(dict(nhwc.tapped.apply.refused)) == {"head"}  # the classifier outputs no grid
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((2, SIZE, SIZE, 3)).astype(np.float32))
+    a = jaxcam.explain(nhwc, x, ["gradcam", "ablationcam"], layer="conv#0", preprocessed=True)
+    b = jaxcam.explain(nchw, x, ["gradcam", "ablationcam"], layer="conv#0", preprocessed=True)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-6)
+    cap = capture(nhwc.tapped.apply, v, x, ("conv#0", "conv#1"))
+    first = nn.Conv(3, (3, 3)).apply({"params": v["params"]["conv"]}, x)
+    np.testing.assert_allclose(cap.acts["conv#0"], first, atol=1e-6)
+    np.testing.assert_allclose(cap.acts["conv#1"], nn.Conv(3, (3, 3)).apply({"params": v["params"]["conv"]},
+                                                                              nn.relu(first)), atol=1e-6)

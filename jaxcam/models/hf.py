@@ -98,7 +98,8 @@ def from_hf(model, *, params=None, layer: str | None = None, layers: Sequence[st
     num_labels = int(getattr(config, "num_labels", 0))
     if class_names is None and num_labels:
         class_names = _class_names(config, num_labels)
-    return from_linen(module, _variables(model.params if params is None else params), layers=layers, default_layer=layer, output="logits",
+    variables = _variables(model.params if params is None else params)
+    return from_linen(module, variables, layers=layers, default_layer=layer, output="logits",
                       call_kwargs=_call_kwargs(module), input_size=size, mean=mean, std=std,
                       class_names=class_names, name=name or type(model).__name__,
                       patch_size=getattr(config, "patch_size", None), source="huggingface")

@@ -34,8 +34,8 @@ numerically at construction (the head is affine in the activation and invariant 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import flax.errors
@@ -161,6 +161,9 @@ class LinenApply:
     sites: tuple[Site, ...]
     output: object
     layout: str
+    # ((name, why), ...): submodule calls that are not sites and why (pooled output, inside nn.scan, ...), so an
+    # error naming one can say why; not part of the forward's identity
+    refused: tuple = field(default=(), compare=False)
 
     @cached_property
     def _by_call(self) -> dict:
@@ -566,7 +569,8 @@ def from_linen(module: nn.Module, variables, *, layers: Sequence[str] | None = N
         found.sites = [s for s in found.sites if s.name in keep]
         names = [s.name for s in found.sites]
     bias_sites = tuple(s for s, _ in found.biases)
-    apply = LinenApply(_Held(module), kwargs, tuple(found.sites) + bias_sites, output, layout)
+    apply = LinenApply(_Held(module), kwargs, tuple(found.sites) + bias_sites, output, layout,
+                       tuple(found.refused.items()))
     default = (default_site(found.sites, found.norms, found.shapes) if default_layer is None
                else _check_layer(default_layer, found, names, f"default_layer= of {label}"))
     trailing = []  # the grid sites after the last token site: where a GAP + FC head can follow
