@@ -184,3 +184,8 @@ def test_markers_on_tokens_are_patch_grids_and_replays_keep_the_prefix():
     t = jnp.concatenate([jnp.broadcast_to(params["cls"], (2, 1, 4)), jnp.zeros((2, 16, 4))], 1)  # CLS kept
     t = t + jnp.tanh(t @ params["mix"])
     np.testing.assert_allclose(zeroed, (t[:, 0] + t[:, 1:].mean(1)) @ params["head"], atol=1e-5)
+
+
+def test_input_size_is_checked(params):
+    with pytest.raises(jaxcam.InvalidArgumentError, match="input_size must be an int >= 32"):
+        from_function(T.marked_fn, params, input_size="224")

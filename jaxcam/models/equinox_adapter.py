@@ -35,8 +35,8 @@ from jax.interpreters import batching
 from ..errors import InvalidArgumentError, MissingDependencyError
 from ..tapped import Tapped
 from .model import Model
-from .sites import NESTED, as_grids, check_logits, choose_sites, closed_form_sites, discover, here, is_grid, \
-    name_calls, provisional, repeated, select_output, through_tap, token_sites, vit_default
+from .sites import NESTED, as_grids, check_logits, check_size, choose_sites, closed_form_sites, discover, here, \
+    is_grid, name_calls, provisional, repeated, select_output, through_tap, token_sites, vit_default
 from .tokens import as_pair, check_prefix
 
 AXIS = "jaxcam_examples"  # the vmap axis the adapter batches examples over
@@ -293,7 +293,7 @@ def from_equinox(model, *, layers=None, default_layer: str | None = None, output
     stateful = state is not None
     params = (arrays, state) if stateful else arrays
     subs = submodules(model)
-    size = int(input_size)
+    size = check_size(input_size)
     x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
     probe = EquinoxApply(static, tuple(subs.items()), frozenset(subs), (), stateful, output, discover=True)
     check_logits(jax.eval_shape(lambda p, v: probe(p, v, lambda s, a: a), params, x), 2, label, output)

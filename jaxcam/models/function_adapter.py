@@ -30,8 +30,8 @@ from jax.extend.core import Literal, jaxprs_in_params
 from ..errors import InvalidArgumentError, UnknownLayerError
 from ..tapped import Tapped, site_shapes
 from .model import Model
-from .sites import as_grids, check_logits, choose_sites, closed_form_sites, provisional, select_output, through_tap, \
-    token_sites
+from .sites import as_grids, check_logits, check_size, choose_sites, closed_form_sites, provisional, select_output, \
+    through_tap, token_sites
 from .tokens import as_pair, check_prefix
 
 MARKER = "name"  # the primitive checkpoint_name binds
@@ -201,7 +201,7 @@ def from_function(fn: Callable, params, *, layers=None, default_layer: str | Non
                                    f"{type(fn).__name__}")
     label = name or getattr(fn, "__name__", type(fn).__name__)
     patch, prefix = (None if patch_size is None else as_pair(patch_size)), check_prefix(prefix_tokens)
-    size = int(input_size)
+    size = check_size(input_size)
     x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
     takes_tap, keyword = _takes_tap(fn)
     if takes_tap:

@@ -31,8 +31,8 @@ from flax.errors import TraceContextError
 from ..errors import InvalidArgumentError
 from ..tapped import Tapped
 from .model import Model
-from .sites import NESTED, as_grids, check_logits, choose_sites, closed_form_sites, discover, here, is_grid, \
-    name_calls, provisional, repeated, select_output, through_tap, token_sites, vit_default
+from .sites import NESTED, as_grids, check_logits, check_size, choose_sites, closed_form_sites, discover, here, \
+    is_grid, name_calls, provisional, repeated, select_output, through_tap, token_sites, vit_default
 from .tokens import as_pair, check_prefix
 
 _TAP = "_jaxcam_tap"
@@ -210,7 +210,7 @@ def from_nnx(module: nnx.Module, *, layers=None, default_layer: str | None = Non
     graphdef, state = nnx.split(module)
     nodes = _modules(module)
     paths = tuple(nodes)
-    size = int(input_size)
+    size = check_size(input_size)
     x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
     probe = NnxApply(graphdef, paths, frozenset(paths), (), output, discover=True)
     check_logits(jax.eval_shape(partial(_forward, probe), state, x), 2, label, output)

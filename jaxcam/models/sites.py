@@ -24,6 +24,15 @@ from .tokens import TokenGrid, patch_grid, token_grid
 CALL = "#"
 
 
+def check_size(input_size) -> int:
+    """``input_size`` validated: the side in pixels of the square input the model is adapted at (>= 32, as
+    :meth:`Model.check_input` requires of images)."""
+    if not isinstance(input_size, (int, np.integer)) or isinstance(input_size, bool) or input_size < 32:
+        raise InvalidArgumentError(f"input_size must be an int >= 32 (the model's square input side in pixels), got "
+                                   f"{input_size!r}")
+    return int(input_size)
+
+
 def provisional(path: str, call: int) -> str:
     """The name discovery gives the ``call``-th call of ``path``."""
     return f"{path}{CALL}{call}"
@@ -267,6 +276,6 @@ def check_logits(out, batch: int, model: str, output) -> None:
                                    f"{hint}")
 
 
-__all__ = ["NESTED", "as_grids", "check_layer", "check_logits", "choose_sites", "closed_form_sites", "discover",
-           "here", "is_grid", "name_calls", "provisional", "repeated", "select_output", "through_tap", "token_sites",
-           "vit_default"]
+__all__ = ["NESTED", "as_grids", "check_layer", "check_logits", "check_size", "choose_sites", "closed_form_sites",
+           "discover", "here", "is_grid", "name_calls", "provisional", "repeated", "select_output", "through_tap",
+           "token_sites", "vit_default"]
