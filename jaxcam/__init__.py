@@ -8,7 +8,7 @@ from ._explain import explain, explain_program, explainer
 from .data import imagenet_classes, preprocess, sample_images, to_rgb
 from .errors import (CheckpointError, ChecksumMismatchError, ClassIndexError, CorruptFileError, EmptySourceError,
                      ImageDtypeError, ImageError, ImageFileError, ImageShapeError, ImageTooLargeError,
-                     InvalidArgumentError, InvalidNameError, JaxcamError, MapError, MaskError,
+                     InvalidArgumentError, InvalidNameError, JaxcamError, LayerNotCalledError, MapError, MaskError,
                      MissingCheckpointFilesError, MissingDependencyError, NonFiniteImageError,
                      NonFiniteParametersError, StateDictError, UnknownArchitectureError, UnknownLayerError,
                      UnknownNameError)
@@ -19,11 +19,18 @@ from .evaluate import METRICS, evaluate
 from .models.loader import load_model
 from .table import Table
 from .tapped import Tapped
+from .models.equinox_adapter import from_equinox
+from .models.function_adapter import from_function
+from .models.hf import from_hf
+from .models.inspect import layers
+from .models.linen import from_linen
+from .models.nnx_adapter import from_nnx
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BroadCAMWeights", "Tapped", "explain_program", "fit_broadcam",
+    "BroadCAMWeights", "LayerNotCalledError", "Tapped", "explain_program", "fit_broadcam", "from_equinox",
+    "from_function", "from_hf", "from_linen", "from_nnx", "layers",
     "ARCHITECTURES", "METHODS", "METRICS", "MethodSpec", "Table", "evaluate", "explain", "explainer", "metrics",
     "targets", "MapError", "MaskError", "datasets", "noise", "robustness", "CheckpointError",
     "ChecksumMismatchError", "ClassIndexError", "CorruptFileError", "EmptySourceError", "ImageDtypeError", "ImageError", "ImageFileError",

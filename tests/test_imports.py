@@ -1,4 +1,4 @@
-"""Importing jaxcam and running a prediction never imports torch, cv2 or matplotlib."""
+"""Importing jaxcam and running a prediction never imports torch, cv2, matplotlib, transformers or equinox."""
 
 import subprocess
 import sys
@@ -9,7 +9,8 @@ import jaxcam
 model = jaxcam.load_model()
 pred = model.predict(list(jaxcam.sample_images(["coffee"]).values()), k=1)
 assert pred.classes[0, 0] == 967
-bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "timm", "cv2", "matplotlib"))
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "timm", "cv2", "matplotlib",
+                                                              "transformers", "equinox"))
 assert not bad, bad
 print("ok")
 """
