@@ -133,6 +133,9 @@ def test_layers_without_a_token_grid_are_clear_errors(vit):
         from_linen(hf.module, variables, output="logits", input_size=SIZE, default_layer="vit.encoder.layer.1")
     with pytest.raises(jaxcam.UnknownLayerError, match="did you mean 'vit.encoder.layer.1.layernorm_before'"):
         from_hf(hf, params=variables["params"], layer="vit.encoder.layer.1.layernorm_befor")
+    model = vit[2]
+    with pytest.raises(jaxcam.InvalidArgumentError, match=r"fails on a 48x48 input .* wrapped at 32x32"):
+        jaxcam.explain(model, jnp.zeros((1, 48, 48, 3)), "gradcam", preprocessed=True)
 
 
 def test_explain_evaluate_and_robustness_run_on_a_vit(vit, tmp_path):

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-from ..errors import InvalidArgumentError, UnknownLayerError
+from ..errors import InvalidArgumentError, JaxcamError, UnknownLayerError
 from ..tapped import Tapped, identity_tap, replay
 from .tokens import TokenGrid, as_pair, check_prefix, patch_grid, token_grid
 
@@ -164,6 +164,7 @@ class LinenApply:
     # ((name, why), ...): submodule calls that are not sites and why (pooled output, inside nn.scan, ...), so an
     # error naming one can say why; not part of the forward's identity
     refused: tuple = field(default=(), compare=False)
+    input_hw: tuple = ()  # the input size the sites were found at, to name it when another size fails
 
     @cached_property
     def _by_call(self) -> dict:
@@ -188,8 +189,20 @@ class LinenApply:
             return y
 
         xin = x if self.layout == "NHWC" else jnp.transpose(x, (0, 3, 1, 2))
-        with nn.intercept_methods(intercept):
-            return self.module.obj.apply(variables, xin, mutable=mutable, **dict(self.call_kwargs))
+        try:
+            with nn.intercept_methods(intercept):
+                return self.module.obj.apply(variables, xin, mutable=mutable, **dict(self.call_kwargs))
+        except JaxcamError:
+            raise
+        except (TypeError, ValueError) as err:
+            if not self.input_hw or tuple(x.shape[1:3]) == self.input_hw:
+                raise
+            (h, w), (h0, w0) = x.shape[1:3], self.input_hw
+            raise InvalidArgumentError(
+                f"{type(self.module.obj).__name__} fails on a {h}x{w} input ({str(err).splitlines()[0]}); it was "
+                f"wrapped at {h0}x{w0}, and a model with fixed position embeddings takes no other size: explain at "
+                f"{h0}x{w0} (methods that rescale the input, such as cameras, need a model that accepts any "
+                "size)") from err
 
     def __call__(self, variables, x, tap):
         hw = x.shape[1:3]
@@ -570,7 +583,7 @@ def from_linen(module: nn.Module, variables, *, layers: Sequence[str] | None = N
         names = [s.name for s in found.sites]
     bias_sites = tuple(s for s, _ in found.biases)
     apply = LinenApply(_Held(module), kwargs, tuple(found.sites) + bias_sites, output, layout,
-                       tuple(found.refused.items()))
+                       tuple(found.refused.items()), (input_size, input_size))
     default = (default_site(found.sites, found.norms, found.shapes) if default_layer is None
                else _check_layer(default_layer, found, names, f"default_layer= of {label}"))
     trailing = []  # the grid sites after the last token site: where a GAP + FC head can follow
