@@ -4,7 +4,7 @@ A split is two plain functions: ``features(x) -> a`` (N, h, w, K), the activatio
 -> logits``, the rest of the network (``x`` is passed because a layer inside a residual block needs the skip path).
 The activations, the target scores' gradients (one ``jax.vjp`` of ``head``), ShapleyCAM's Hessian-vector product
 and the replays all come from these two functions; each method's own formula (``METHODS[name].fn``) then makes
-the map, image by image, and is reduced as the driver reduces it. No tap, no interceptor: what differs from
+the map, vmapped over the images, and is reduced as the driver reduces it. No tap, no interceptor: what differs from
 ``jaxcam.explain(..., raw=True)`` is only how the activations, gradients and replays were obtained.
 """
 
@@ -42,17 +42,10 @@ def _reference(features, head, x, methods, batch_size):
                 return jax.grad(lambda u: jnp.sum(jax.vmap(score)(head(x, u), cls)))(t)
             hvp = jax.jvp(grad_at, (a,), (a,))[1]
         ctx = Context(replay=head, forward=lambda xb: head(xb, features(xb)), score=score, batch_size=batch_size)
-        maps = []
-        for n in range(x.shape[0]):
-            inp = Inputs(a[n], None if grads is None else grads[n], None if hvp is None else hvp[n], logits[n],
-                         cls[n], x[n], key)
-            m = spec.fn(inp, ctx)
-            if spec.output == "weighted":
-                m = channel_sum(m)
-            elif spec.output == "projection":
-                m = first_component(m, "max_abs")
-            maps.append(m)
-        out[name] = jnp.stack(maps)
+        reduce = {"weighted": channel_sum, "projection": lambda t: first_component(t, "max_abs")}.get(
+            spec.output, lambda m: m)
+        keys = jnp.broadcast_to(key, x.shape[:1])
+        out[name] = jax.vmap(lambda inp: reduce(spec.fn(inp, ctx)))(Inputs(a, grads, hvp, logits, cls, x, keys))
     return out, logits
 
 
