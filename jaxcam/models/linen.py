@@ -276,7 +276,9 @@ class _Call:
     path: tuple[str, ...]
     call: int
     kind: type
-    out: object          # the output as a pytree of ShapeDtypeStructs
+    array: jax.ShapeDtypeStruct | None  # the output's array (None: no array output)
+    item: int | None     # None: the output is the array; 0: it is a tuple's first element
+    out_type: str        # the output's type name, for messages
     lifted: bool
     scanned: bool        # its own parameters are stacked (nn.scan / nn.vmap over layers)
     bias: BiasLayer | None = None
@@ -306,8 +308,9 @@ def _record_calls(module, variables, x, call_kwargs):
             scanned = lifted and bool(own) and _shapes(own) != _shapes(_nested_get(v.get("params", {}), path) or {})
             k = counts.get(path, 0)
             counts[path] = k + 1
-            out = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), y) if _is_arrays(y) else y
-            calls.append(_Call(path, k, type(ctx.module), out, lifted, scanned, _bias_layer(ctx.module, path),
+            arr, item = _site_array(y)
+            calls.append(_Call(path, k, type(ctx.module), arr, item, type(y).__name__, lifted, scanned,
+                               _bias_layer(ctx.module, path),
                                getattr(ctx.module, "axis", -1) if isinstance(ctx.module, nn.BatchNorm) else -1))
             return y
 
@@ -334,14 +337,6 @@ def _record_calls(module, variables, x, call_kwargs):
     return calls, out
 
 
-def _is_arrays(y) -> bool:
-    try:
-        leaves = jax.tree.leaves(y)
-    except Exception:  # noqa: BLE001 - a structure jax cannot flatten is simply not an array output
-        return False
-    return all(hasattr(a, "shape") and hasattr(a, "dtype") for a in leaves)
-
-
 def _bias_layer(module, path) -> BiasLayer | None:
     if isinstance(module, nn.Conv) and module.use_bias:
         return BiasLayer("", "conv", path)
@@ -351,12 +346,15 @@ def _bias_layer(module, path) -> BiasLayer | None:
 
 
 def _site_array(out):
-    """``(array, item)`` of an output that can be a site: the array itself, or the first element of a tuple."""
-    if isinstance(out, jax.ShapeDtypeStruct):
-        return out, None
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], jax.ShapeDtypeStruct):
-        return out[0], 0
-    return None, None
+    """``(shape and dtype, item)`` of an output that can be a site: the array itself (item None), or the first
+    element of a tuple (item 0, as Hugging Face blocks return); ``(None, None)`` otherwise."""
+    if isinstance(out, (tuple, list)) and out:
+        array, item = out[0], 0
+    else:
+        array, item = out, None
+    if not isinstance(array, (jax.Array, jax.ShapeDtypeStruct)):
+        return None, None
+    return jax.ShapeDtypeStruct(array.shape, array.dtype), item
 
 
 @dataclass
@@ -383,10 +381,10 @@ def _discover(module, variables, x, call_kwargs, patch, prefix) -> _Found:
         if name in seen:
             continue
         seen.add(name)
-        arr, item = _site_array(c.out)
+        arr, item = c.array, c.item
         grid, why = None, ""
         if arr is None:
-            why = f"its output is a {type(c.out).__name__}, not an array"
+            why = f"its output is a {c.out_type}, not an array"
         elif arr.shape[:1] != (n,) or not jnp.issubdtype(arr.dtype, jnp.floating):
             why = f"its output {tuple(arr.shape)} {arr.dtype} is not a floating batch"
         elif arr.ndim == 4:
