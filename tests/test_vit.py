@@ -78,6 +78,7 @@ def test_prefix_count_is_inferred_and_replays_keep_it():
     m = from_linen(DistilledViT(), v, input_size=SIZE, patch_size=8)
     sites = {s.name: s for s in m.tapped.apply.sites}
     assert sites["norm1"].prefix == 2 and sites["mix"].prefix == 2 and sites["patches"].prefix is None
+    assert m.tapped.apply.token_sites == {"norm1", "mix", "norm2"}
     assert m.default_layer == "norm1"  # the first LayerNorm of the last block holding two
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, SIZE, SIZE, 3)).astype(np.float32))
     cap = capture(m.tapped.apply, m.params, x, ("norm1",), (targets.logit,))

@@ -166,6 +166,11 @@ class LinenApply:
     refused: tuple = field(default=(), compare=False)
     input_hw: tuple = ()  # the input size the sites were found at, to name it when another size fails
 
+    @property
+    def token_sites(self) -> frozenset:
+        """The sites whose output is a token sequence mapped to a grid (``jaxcam.layers``' "tokens->grid")."""
+        return frozenset(s.name for s in self.sites if s.prefix is not None)
+
     @cached_property
     def _by_call(self) -> dict:
         table = {}
