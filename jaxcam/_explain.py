@@ -284,10 +284,10 @@ def _configure(model: Model, method, layer, *, target=None, raw: bool = False, e
     """Validate explain()'s static arguments: ``(Config, method names to return)``."""
     names = _resolve_methods(method)
     sites = _resolve_layers(model, layer)
-    no_biases = model.tapped.biases is None
+    unavailable = unavailable_methods(model)
     if method == "all":  # every method that applies to these layers (and to this model)
         names = tuple(n for n in names if (not METHODS[n].gap_fc_only or _gap_fc_ok(model, sites))
-                      and not (no_biases and (n == "fullgrad" or (n == "metacam" and "fullgrad" in META_MEMBERS))))
+                      and n not in unavailable)
     for n in names:
         _check_gap_fc(model, METHODS[n], sites)
     on_cpu = jax.default_backend() == "cpu"
@@ -319,12 +319,12 @@ def _configure(model: Model, method, layer, *, target=None, raw: bool = False, e
         if site is not None and site not in sites:
             raise InvalidArgumentError(f"{n} weights were fitted at layer {site!r}; explain with layer={site!r}")
     computed = _with_members(names, dict(options))
-    if "fullgrad" in computed and no_biases:
-        who = "method 'fullgrad'" if "fullgrad" in names else "metacam's default members (they include fullgrad)"
-        raise InvalidArgumentError(f"{who} needs the bias-carrying layers of {model.name}, and its tapped forward "
-                                   "declares no bias sites; adapters of Flax models declare them, a plain function "
-                                   "model can pass Tapped(bias_sites=..., biases=...); for metacam pass "
-                                   "method_options={'metacam': {'members': [...]}} without fullgrad")
+    for n in computed:
+        if n in unavailable and not (n == "metacam" and ("metacam", "members") in given):
+            who = f"method {n!r}" if n in names else f"metacam's members (they include {n!r})"
+            raise InvalidArgumentError(f"{who} does not apply to {model.name}: {unavailable[n]}"
+                                       + ("" if n in names else "; pass method_options={'metacam': {'members': "
+                                          "[...]}} without it"))
     user_score = None if target is None else targets_mod.resolve(target)
     scores = tuple(targets_mod.resolve(METHODS[n].target) if (user_score is None or METHODS[n].intrinsic_target)
                    else user_score for n in computed)
@@ -332,6 +332,22 @@ def _configure(model: Model, method, layer, *, target=None, raw: bool = False, e
                  noise_samples, float(noise_std), batch_size, on_cpu, options, tuple(model.mean),
                  tuple(model.std), compute_dtype)
     return cfg, names
+
+
+def unavailable_methods(model: Model) -> dict[str, str]:
+    """``{method: why}`` for the methods this model cannot run whatever the layer: FullGrad without bias sites,
+    and on a Vision Transformer (token layers) every method whose registry entry says why not (``on_tokens``)."""
+    out = {}
+    if model.tapped.biases is None:
+        out["fullgrad"] = ("it needs the model's bias-carrying layers, and its tapped forward declares no bias sites "
+                           "(adapters of Flax models declare them; a plain function model can pass "
+                           "Tapped(bias_sites=..., biases=...))")
+    if model.token_sites:
+        out |= {n: f"on a Vision Transformer {spec.on_tokens}" for n, spec in METHODS.items() if spec.on_tokens}
+    missing = sorted(set(META_MEMBERS) & out.keys())
+    if missing:  # MetaCAM's default members; with members= of its own it runs (checked at configuration)
+        out["metacam"] = f"its default members include {', '.join(missing)}: {out[missing[0]]}"
+    return out
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")

@@ -151,6 +151,27 @@ def test_explain_evaluate_and_robustness_run_on_a_vit(vit, tmp_path):
     assert len(rows) == 2
 
 
+def test_the_registry_says_which_methods_do_not_apply_to_a_vit(vit):
+    """"all" runs every method that makes sense on tokens and leaves out those whose registry entry says why not;
+    naming one of those gives that reason (and MetaCAM's default members include FullGrad)."""
+    _, _, model = vit
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((1, SIZE, SIZE, 3)).astype(np.float32))
+    not_on_tokens = {n for n, s in jaxcam.METHODS.items() if s.on_tokens}
+    assert not_on_tokens == {"fullgrad", "cameras"}
+    maps = jaxcam.explain(model, x, "all", preprocessed=True,
+                          method_options={"sscam": {"num_samples": 2}})
+    skipped = set(jaxcam.METHODS) - set(maps)
+    assert skipped == not_on_tokens | {"cam", "metacam", "broadcam"}, skipped
+    assert all(np.isfinite(np.asarray(m)).all() for m in maps.values())
+    for name, says in (("cameras", "position embeddings fix one input size"), ("fullgrad", "patch projection"),
+                       ("metacam", "include 'fullgrad'")):
+        with pytest.raises(jaxcam.InvalidArgumentError, match=says):
+            jaxcam.explain(model, x, name, preprocessed=True)
+    members = jaxcam.explain(model, x, "metacam", preprocessed=True,
+                             method_options={"metacam": {"members": ("gradcam", "layercam")}})
+    assert np.isfinite(np.asarray(members)).all()
+
+
 # -- parity with pytorch-grad-cam ----------------------------------------------------------------------------
 
 def _agree(ours, want):

@@ -192,15 +192,14 @@ def applicable_methods(model, requested: list[str], layers) -> tuple[list[str], 
     layers against the model (UnknownLayerError); 'all' skips the methods that need a GAP+FC head when the layer is
     not followed by one, while a method named explicitly raises."""
     from .. import explainer
+    from .._explain import unavailable_methods
     from ..errors import UnknownLayerError
     from ..methods import METHODS
 
     run, skipped = [], []
     for name in (list(METHODS) if requested == ["all"] else requested):
-        if requested == ["all"] and METHODS[name].requires:
-            continue  # BroadCAM's fitted weights exist only in Python: see all_needs_options()
-        if requested == ["all"] and METHODS[name].output == "whole_network" and model.tapped.biases is None:
-            continue  # FullGrad on a model whose forward declares no bias sites
+        if requested == ["all"] and (METHODS[name].requires or name in unavailable_methods(model)):
+            continue  # BroadCAM's fitted weights exist only in Python; methods this model cannot run at any layer
         try:
             explainer(model, name, layers)
         except UnknownLayerError as exc:

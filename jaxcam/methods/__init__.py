@@ -39,6 +39,7 @@ class MethodSpec:
     options: tuple[str, ...] = ()
     random: bool = False  # draws noise from the explicit key
     requires: tuple[str, ...] = ()  # options without a default (BroadCAM's fitted weights): "all" skips the method
+    on_tokens: str = ""  # why the method does not apply to a Vision Transformer (token layers); "" where it does
 
 
 PGC = "pytorch-grad-cam 1.5.7"
@@ -71,9 +72,14 @@ METHODS: dict[str, MethodSpec] = {
                                 "Piland et al., arXiv 2506.08514", "closed form + invariance tests",
                                 target="logit_difference", intrinsic_target=True),
     "fullgrad": MethodSpec("fullgrad", fullgrad.fullgrad, "gradient", "whole_network", True, "1F+1B (to the input)",
-                           "Srinivas & Fleuret, NeurIPS 2019", PGC),
+                           "Srinivas & Fleuret, NeurIPS 2019", PGC,
+                           on_tokens="its bias terms are per-channel biases of feature maps; on a ViT only the patch "
+                                     "projection has one (LayerNorm and attention biases act on tokens), so the map "
+                                     "would be little more than the input gradient"),
     "cameras": MethodSpec("cameras", multipass.cameras, "gradient", "multiscale", True, "S*(1F+1B)",
-                          "Jalwana et al., CVPR 2021", "closed-form and behaviour tests", options=("scales",)),
+                          "Jalwana et al., CVPR 2021", "closed-form and behaviour tests", options=("scales",),
+                          on_tokens="it runs the model at several input sizes, and a ViT's position embeddings fix "
+                                    "one input size"),
     "metacam": MethodSpec("metacam", multipass.metacam, "ensemble", "ensemble", False, "sum of its members",
                           "Kaczmarek et al., arXiv 2307.16863", "closed-form tests (consensus); ROAD matches pytorch-grad-cam",
                           options=("members", "k", "delta", "adaptive", "k_grid", "percentiles")),

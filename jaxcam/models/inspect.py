@@ -18,15 +18,6 @@ from .model import Model
 NOT_CALLED = "not called"
 
 
-def _token_sites(tapped) -> frozenset:
-    """Sites whose activation the adapter maps from a token sequence to a grid (a ViT), if it declares them."""
-    for holder in (tapped, tapped.apply):
-        sites = getattr(holder, "token_sites", None)
-        if sites:
-            return frozenset(sites)
-    return frozenset()
-
-
 def _kind(site, s, tokens) -> str:
     if site in tokens:
         return "tokens->grid"
@@ -62,7 +53,7 @@ def layers(model: Model, x=None) -> Table:
                                    f"{type(model).__name__}")
     tapped = model.tapped
     shapes = site_shapes(tapped.apply, model.params, _input(model, x), tapped.sites)
-    tokens = _token_sites(tapped)
+    tokens = model.token_sites
     aliases: dict[str, list[str]] = {}
     for alias, site in tapped.aliases:
         aliases.setdefault(site, []).append(alias)

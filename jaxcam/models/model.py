@@ -184,7 +184,20 @@ class Model:
         try:
             return self.stage_names.index(name)
         except ValueError:
+            why = dict(getattr(self.tapped.apply, "refused", ()) or ()).get(name)  # an adapter's reason
+            if why:
+                raise UnknownLayerError(layer, self.valid_layers, f"{self.name}: it cannot be explained, {why}"
+                                        ) from None
             raise UnknownLayerError(layer, self.valid_layers, self.name) from None
+
+    @property
+    def token_sites(self) -> frozenset:
+        """The layers whose activation an adapter maps from a ViT's token sequence to a grid (empty for CNNs)."""
+        for holder in (self.tapped, self.tapped.apply):
+            sites = getattr(holder, "token_sites", None)
+            if sites:
+                return frozenset(sites)
+        return frozenset()
 
     # -- pure functions -------------------------------------------------------------------------------------
     def _builtin_only(self, what: str) -> None:
