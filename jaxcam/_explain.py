@@ -112,8 +112,10 @@ def _program(tapped: Tapped, cfg: Config):
     def option(spec, name, default=None):
         return opts.get((spec.name, name), default)
 
+    attention = tapped.attention_sites if any(spec.attention for spec in specs) else ()
+
     def capture_all(params, x, classes):
-        cap = capture(apply, params, x, sites, grad_scores, classes)
+        cap = capture(apply, params, x, sites, grad_scores, classes, record=attention)
         hvps = {}
         for s in hvp_scores:  # ShapleyCAM: (d^2 S / dA^2) A at each site, through a replay of the rest
             hvps[s] = {}
@@ -135,8 +137,9 @@ def _program(tapped: Tapped, cfg: Config):
         ctx = Context(replay=jax.tree_util.Partial(Replay(apply, site), params),
                       forward=jax.tree_util.Partial(Forward(apply), params),
                       score=score, batch_size=cfg.batch_size, mean=cfg.mean, std=cfg.std)
+        attn = jnp.stack([cap.acts[a] for a in attention], axis=1) if spec.attention else None  # (N, L, h, T, T)
         inputs = Inputs(cap.acts[site], cap.grads[score][site] if spec.gradients else None,
-                        hvps[score][site] if spec.hvp else None, cap.logits, cap.classes, x, keys)
+                        hvps[score][site] if spec.hvp else None, cap.logits, cap.classes, x, keys, attn)
         kwargs = {k: opts[(spec.name, k)] for k in spec.options if (spec.name, k) in opts}
         per_example = lambda inp: spec.fn(inp, ctx, **kwargs)  # noqa: E731
         if spec.full_forwards and cfg.sequential_examples:
@@ -344,6 +347,10 @@ def unavailable_methods(model: Model) -> dict[str, str]:
                            "Tapped(bias_sites=..., biases=...))")
     if model.token_sites:
         out |= {n: f"on a Vision Transformer {spec.on_tokens}" for n, spec in METHODS.items() if spec.on_tokens}
+    if not model.tapped.attention_sites:
+        out |= {n: "it needs a Vision Transformer's attention probabilities, and the model's adapter declares no "
+                   "attention sites (from_hf and from_linen find them on attention modules that can return them)"
+                for n, spec in METHODS.items() if spec.attention}
     missing = sorted(set(META_MEMBERS) & out.keys())
     if missing:  # MetaCAM's default members; with members= of its own it runs (checked at configuration)
         out["metacam"] = f"its default members include {', '.join(missing)}: {out[missing[0]]}"

@@ -51,6 +51,8 @@ class Tapped:
         closed form holds (declared by the adapter, which knows the architecture).
       bias_sites: sites (in ``apply``'s tap calls, not offered as layers) after each layer that adds a per-channel
         bias, for FullGrad; ``biases(params) -> {site: (C,)}`` gives their effective biases as a traced function.
+      attention_sites: sites where a Vision Transformer's attention probabilities (N, heads, T, T) are tapped, in
+        block order (recorded, never changed): what AD-CAM diffuses a CAM with.
     """
 
     apply: Callable
@@ -60,6 +62,7 @@ class Tapped:
     gap_fc_sites: frozenset = field(default_factory=frozenset)
     bias_sites: tuple[str, ...] = ()
     biases: Callable | None = None
+    attention_sites: tuple[str, ...] = ()
 
     def forward(self, params, x) -> jax.Array:
         """The plain forward: logits of a preprocessed batch."""
@@ -123,16 +126,19 @@ def site_shapes(apply: Callable, params, x, sites: Sequence[str] | None = None) 
 
 
 def capture(apply: Callable, params, x, sites: Sequence[str], scores: Sequence[Callable] = (),
-            classes=None) -> Capture:
+            classes=None, record: Sequence[str] = ()) -> Capture:
     """One forward recording the activations at ``sites``; with ``scores`` (functions ``(logits (C,), cls) ->
     scalar``), one backward from the output to the earliest site, with respect to a zero delta added at each site
     (so no parameter gradients), vmapped over the distinct scores. ``classes`` None: each image's prediction.
 
     The gradient at a site is the total derivative of the score with respect to that site's activation, through
-    every later layer (later sites included), which is what a per-layer CAM needs for multi-layer fusion."""
+    every later layer (later sites included), which is what a per-layer CAM needs for multi-layer fusion.
+    ``record``: more sites whose values are only recorded (in ``acts``; no delta, no gradient), such as attention
+    probabilities."""
     sites = tuple(dict.fromkeys(sites))
+    record = tuple(r for r in dict.fromkeys(record) if r not in sites)
     shapes = site_shapes(apply, params, x, None)
-    missing = [s for s in sites if s not in shapes]
+    missing = [s for s in (*sites, *record) if s not in shapes]
     if missing:
         raise LayerNotCalledError(missing[0], list(shapes), "this input: the forward never runs it (an unused "
                                   "submodule or a branch not taken); pick a layer the forward runs")
@@ -141,6 +147,8 @@ def capture(apply: Callable, params, x, sites: Sequence[str], scores: Sequence[C
         seen = {}
 
         def tap(site, a):
+            if site in record:
+                seen[site] = a
             if site not in deltas:
                 return a
             a = a + deltas[site]

@@ -161,7 +161,7 @@ def test_the_registry_says_which_methods_do_not_apply_to_a_vit(vit):
     maps = jaxcam.explain(model, x, "all", preprocessed=True,
                           method_options={"sscam": {"num_samples": 2}})
     skipped = set(jaxcam.METHODS) - set(maps)
-    assert skipped == not_on_tokens | {"cam", "metacam", "broadcam"}, skipped
+    assert skipped == not_on_tokens | {"cam", "metacam", "broadcam"}, skipped  # adcam runs: it reads the attention
     assert all(np.isfinite(np.asarray(m)).all() for m in maps.values())
     for name, says in (("cameras", "position embeddings fix one input size"), ("fullgrad", "patch projection"),
                        ("metacam", "include 'fullgrad'")):
@@ -170,6 +170,35 @@ def test_the_registry_says_which_methods_do_not_apply_to_a_vit(vit):
     members = jaxcam.explain(model, x, "metacam", preprocessed=True,
                              method_options={"metacam": {"members": ("gradcam", "layercam")}})
     assert np.isfinite(np.asarray(members)).all()
+
+
+def test_adcam_diffuses_grad_cam_with_the_models_own_attention(vit):
+    """AD-CAM on a ViT: the attention probabilities are those Hugging Face's module returns with
+    output_attentions=True, captured in the same forward; the raw map is adcam.diffuse of the base Grad-CAM."""
+    from jaxcam.methods import adcam
+
+    hf, variables, model = vit
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((2, SIZE, SIZE, 3)).astype(np.float32))
+    assert model.tapped.attention_sites == ("attn:vit.encoder.layer.0.attention.attention",
+                                            "attn:vit.encoder.layer.1.attention.attention")
+    attn = jnp.stack(hf.module.apply(variables, x, output_attentions=True).attentions, axis=1)  # (N, L, h, T, T)
+    raw = jaxcam.explain(model, x, ["gradcam", "adcam"], preprocessed=True, raw=True)
+    for i in range(2):
+        want = adcam.diffuse(attn[i], jax.nn.relu(raw["gradcam"][0][i]), None, 1)
+        np.testing.assert_allclose(raw["adcam"][0][i], want, atol=1e-5)
+    assert np.abs(np.asarray(raw["adcam"][0]) - np.asarray(jax.nn.relu(raw["gradcam"][0]))).max() > 1e-4
+    # parameters are traced here too: a program built for one ViT explains another with its parameters
+    other = model.with_params(jax.tree.map(lambda a: a * 1.1, model.params))
+    fn = jaxcam.explainer(model, "adcam")
+    np.testing.assert_allclose(fn(other.params, x, None, jax.random.key(0)),
+                               jaxcam.explain(other, x, "adcam", preprocessed=True), atol=1e-5)
+
+
+def test_adcam_needs_attention(vit):
+    from tests.toy import toy_input, toy_model
+
+    with pytest.raises(jaxcam.InvalidArgumentError, match="attention probabilities"):
+        jaxcam.explain(toy_model(), toy_input(1), "adcam", preprocessed=True)
 
 
 # -- parity with pytorch-grad-cam ----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import activation, broadcam, fullgrad, gradient, multipass, perturbation, ssa
+from . import activation, adcam, broadcam, fullgrad, gradient, multipass, perturbation, ssa
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class MethodSpec:
     random: bool = False  # draws noise from the explicit key
     requires: tuple[str, ...] = ()  # options without a default (BroadCAM's fitted weights): "all" skips the method
     on_tokens: str = ""  # why the method does not apply to a Vision Transformer (token layers); "" where it does
+    attention: bool = False  # reads a ViT's attention probabilities (Inputs.attn), captured in the same forward
 
 
 PGC = "pytorch-grad-cam 1.5.7"
@@ -111,13 +112,17 @@ METHODS: dict[str, MethodSpec] = {
                            "1F (after fit_broadcam: 1F per fitting image)", "Lin et al., arXiv 2309.03509",
                            "closed-form tests (ridge solutions, BLS fold-back)", options=("weights",),
                            requires=("weights",)),
+    "adcam": MethodSpec("adcam", adcam.adcam, "gradient", "map", True, "1F+1B+t*(hw)^2",
+                        "Huang et al., arXiv 2211.10931 ([ours] reconstruction)",
+                        "closed-form tests (identity attention = base CAM)", options=("base", "steps"),
+                        attention=True),
 }
 
 
 def gradient_methods() -> list[str]:
-    """The single-pass gradient methods that take any target layer (not CAM, which needs a GAP+FC head; not
-    FullGrad or CAMERAS, which run their own passes)."""
-    return [n for n, s in METHODS.items() if s.family == "gradient" and not s.gap_fc_only
+    """The single-pass gradient methods that take any target layer of any model (not CAM, which needs a GAP+FC
+    head; not FullGrad or CAMERAS, which run their own passes; not AD-CAM, which needs a ViT's attention)."""
+    return [n for n, s in METHODS.items() if s.family == "gradient" and not s.gap_fc_only and not s.attention
             and s.output in ("weighted", "projection", "map")]
 
 

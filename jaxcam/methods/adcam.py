@@ -88,3 +88,11 @@ def from_inputs(inp: Inputs, ctx: Context, attn: jax.Array, base: str = "gradcam
     evidence removed) diffused with ``attn`` (L, heads, T, T), the attention probabilities the driver captured in
     the same forward. The prefix count is ``T - h*w``. Returns the raw (h, w) map."""
     return diffuse(attn, base_cam(inp, ctx, base), None, steps)
+
+
+def adcam(inp: Inputs, ctx: Context, base: str = "gradcam", steps: int = 1) -> jax.Array:
+    """The registered method: :func:`from_inputs` with the attention probabilities the driver captured at the
+    model's attention sites (``Inputs.attn``, (L, heads, T, T)). Raw (h, w) map."""
+    if inp.attn is None:
+        raise InvalidArgumentError("adcam needs a Vision Transformer's attention probabilities (Inputs.attn)")
+    return from_inputs(inp, ctx, inp.attn, base, steps)

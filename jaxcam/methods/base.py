@@ -22,6 +22,7 @@ class Inputs(NamedTuple):
     cls: jax.Array             # () int32, the class explained
     image: jax.Array           # (H, W, 3) the model input (normalised)
     key: jax.Array             # this example's PRNG key (methods that draw noise use it, nothing else does)
+    attn: jax.Array | None = None  # (L, heads, T, T) a ViT's attention probabilities, for methods that declare it
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,7 @@ class LinenApply:
     # error naming one can say why; not part of the forward's identity
     refused: tuple = field(default=(), compare=False)
     input_hw: tuple = ()  # the input size the sites were found at, to name it when another size fails
+    attention: tuple = ()  # ((path, call), ...): self-attention calls whose probabilities are tapped (AD-CAM)
 
     @property
     def token_sites(self) -> frozenset:
@@ -178,17 +179,24 @@ class LinenApply:
             table.setdefault((s.path, s.call), []).append(s)
         return table
 
-    def _run(self, variables, x, on_site, mutable=False):
+    def _run(self, variables, x, on_site, mutable=False, on_attention=None):
         counts = {}
         by_call = self._by_call
+        attention = set(self.attention) if on_attention is not None else set()
 
         def intercept(f, args, kwargs, ctx):
-            y = f(*args, **kwargs)
             if ctx.method_name != "__call__":
-                return y
+                return f(*args, **kwargs)
             path = tuple(ctx.module.path)
             k = counts.get(path, 0)
             counts[path] = k + 1
+            if (path, k) in attention:  # ask for the probabilities, tap them, return what the caller asked for
+                asked = kwargs.get("output_attentions", False)
+                out = f(*args, **{**kwargs, "output_attentions": True})
+                on_attention(attention_name(path, k), out[1])
+                y = out if asked else out[:1]
+            else:
+                y = f(*args, **kwargs)
             for site in by_call.get((path, k), ()):
                 y = on_site(site, y, ctx.module)
             return y
@@ -228,7 +236,8 @@ class LinenApply:
             return site.add(y, module.get_variable(DELTAS, site.key), hw)
 
         run_vars = variables if deltas is None else {**variables, DELTAS: deltas}
-        return select_output(self._run(run_vars, x, on_site), self.output)
+        on_attention = None if tap is identity_tap or not self.attention else tap  # recorded only: tap's value unused
+        return select_output(self._run(run_vars, x, on_site, on_attention=on_attention), self.output)
 
 
 def _sow(site, y, module, hw):
@@ -362,6 +371,28 @@ def _site_array(out):
     return jax.ShapeDtypeStruct(array.shape, array.dtype), item
 
 
+def _is_attention(kind: type) -> bool:
+    """A self-attention module that can return its attention probabilities: a ``__call__`` taking
+    ``output_attentions`` (Hugging Face's Flax ViT, BEiT, DINOv2 ``...SelfAttention``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(kind.__call__).parameters
+    except (TypeError, ValueError):
+        return False
+    return "output_attentions" in params and kind.__name__.endswith("SelfAttention")
+
+
+def attention_calls(calls) -> tuple[tuple[tuple[str, ...], int], ...]:
+    """``((path, call index), ...)`` of the self-attention calls in forward order, outside any lifted transform
+    (AD-CAM's attention sites; their probabilities are recorded, never changed)."""
+    return tuple((c.path, c.call) for c in calls if _is_attention(c.kind) and not c.lifted)
+
+
+def attention_name(path: tuple[str, ...], call: int) -> str:
+    return "attn:" + ".".join(path) + (f"#{call}" if call else "")
+
+
 @dataclass
 class _Found:
     sites: list           # layer Sites, forward order
@@ -371,15 +402,17 @@ class _Found:
     norms: set            # names of LayerNorm sites
     output: object
     shapes: dict = None   # name -> the site's grid shape (N, h, w, K) at the discovery input
+    attention: tuple = ()  # ((path, call), ...) of self-attention calls (AD-CAM)
 
 
 def _discover(module, variables, x, call_kwargs, patch, prefix) -> _Found:
     calls, output = _record_calls(module, variables, x, call_kwargs)
+    attention = attention_calls(calls)
     scanned_roots = [c.path for c in calls if c.scanned]
     in_scan = [any(c.path[:len(r)] == r for r in scanned_roots) for c in calls]
     multi = {c.path for c, s in zip(calls, in_scan) if c.call > 0 and not s}  # a scanned body may be traced twice
     n, hw = x.shape[0], (x.shape[1], x.shape[2]) if x.shape[-1] == 3 else (x.shape[2], x.shape[3])
-    found = _Found([], {}, [], "", set(), output, {})
+    found = _Found([], {}, [], "", set(), output, {}, attention)
     seen = set()
     for c, scanned in zip(calls, in_scan):
         name = ".".join(c.path) + (f"#{c.call}" if c.path in multi else "")
@@ -586,7 +619,7 @@ def from_linen(module: nn.Module, variables, *, layers: Sequence[str] | None = N
         names = [s.name for s in found.sites]
     bias_sites = tuple(s for s, _ in found.biases)
     apply = LinenApply(_Held(module), kwargs, tuple(found.sites) + bias_sites, output, layout,
-                       tuple(found.refused.items()), (input_size, input_size))
+                       tuple(found.refused.items()), (input_size, input_size), found.attention)
     default = (default_site(found.sites, found.norms, found.shapes) if default_layer is None
                else _check_layer(default_layer, found, names, f"default_layer= of {label}"))
     trailing = []  # the grid sites after the last token site: where a GAP + FC head can follow
@@ -597,7 +630,7 @@ def from_linen(module: nn.Module, variables, *, layers: Sequence[str] | None = N
     gap = _gap_fc(apply, variables, input_size, trailing, found.shapes)
     biases = LinenBiases(tuple(b for _, b in found.biases), found.fullgrad)
     tapped = Tapped(apply, tuple(names), default, (), gap, () if found.fullgrad else tuple(s.name for s in bias_sites),
-                    biases)
+                    biases, tuple(attention_name(p, k) for p, k in found.attention))
     from .model import Model
 
     return Model.from_tapped(tapped, variables, name=label, input_size=input_size, mean=mean, std=std,
