@@ -10,7 +10,6 @@ import pytest
 from jax.ad_checkpoint import checkpoint_name
 
 import jaxcam
-from jaxcam.methods import gradient_methods
 from jaxcam.models.function_adapter import from_function
 from jaxcam.tapped import capture, identity_tap, input_gradients, replay
 from jaxcam.targets import resolve
@@ -41,19 +40,7 @@ def test_markers_become_sites_in_order_and_cam_holds_before_the_head(marked, par
 @pytest.mark.parametrize("fn", [T.marked_fn, T.tapped_fn], ids=["markers", "tap-argument"])
 def test_every_gradient_method_equals_a_hand_split_and_ablation_a_hand_ablation(fn, params):
     model = from_function(fn, params, input_size=T.SIZE)
-    x = T.images()
-    out = jaxcam.explain(model, x, gradient_methods() + ["ablationcam", "scorecam"], layer=[T.BETWEEN, T.INSIDE],
-                         raw=True, preprocessed=True)
-    for i, site in enumerate((T.BETWEEN, T.INSIDE)):
-        refs = T.reference_raw(params, x, site, gradient_methods())
-        for name in gradient_methods():
-            ref = np.asarray(refs[name])
-            err = np.abs(np.asarray(out[name][i]) - ref).max()
-            assert err <= 1e-5 * max(1.0, np.abs(ref).max()), (site, name, err)
-        weights, a = T.ablation_weights(params, x, site)
-        ref = np.asarray((a * weights[:, None, None]).sum(-1))  # (y - y_k) / y cancels: float32 noise ~1e-6
-        np.testing.assert_allclose(out["ablationcam"][i], ref, rtol=0, atol=2e-5 * np.abs(ref).max())
-        assert np.isfinite(np.asarray(out["scorecam"][i])).all() and np.ptp(np.asarray(out["scorecam"][i])) > 0
+    T.check_against_hand_split(model, params)
 
 
 def test_compiled_programs_hold_only_the_convolutions_they_need(marked):

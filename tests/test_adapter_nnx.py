@@ -12,7 +12,6 @@ from flax import nnx
 import jaxcam
 from jaxcam import robustness
 from jaxcam.errors import LayerNotCalledError
-from jaxcam.methods import gradient_methods
 from jaxcam.models.nnx_adapter import from_nnx
 from jaxcam.tapped import capture, identity_tap, input_gradients, replay
 from jaxcam.targets import resolve
@@ -46,19 +45,7 @@ def test_sites_are_submodule_paths_in_call_order(model, params):
 def test_every_gradient_method_equals_a_hand_split_and_ablation_equals_a_hand_ablation(model, params):
     """Both sites in one explain call (raw per-layer maps); block2.conv_a sits inside a residual block, where the
     rest of the network also needs the skip input: the hand split passes it, the tapped forward keeps it."""
-    x = T.images()
-    names = gradient_methods() + ["ablationcam", "scorecam"]
-    out = jaxcam.explain(model, x, names, layer=[T.BETWEEN, T.INSIDE], raw=True, preprocessed=True)
-    for i, site in enumerate((T.BETWEEN, T.INSIDE)):
-        refs = T.reference_raw(params, x, site, gradient_methods())
-        for name in gradient_methods():
-            ref = np.asarray(refs[name])
-            err = np.abs(np.asarray(out[name][i]) - ref).max()
-            assert err <= 1e-5 * max(1.0, np.abs(ref).max()), (site, name, err)
-        weights, a = T.ablation_weights(params, x, site)
-        ref = np.asarray((a * weights[:, None, None]).sum(-1))  # (y - y_k) / y cancels: float32 noise ~1e-6
-        np.testing.assert_allclose(out["ablationcam"][i], ref, rtol=0, atol=2e-5 * np.abs(ref).max())
-        assert np.isfinite(np.asarray(out["scorecam"][i])).all() and np.ptp(np.asarray(out["scorecam"][i])) > 0
+    T.check_against_hand_split(model, params)
 
 
 def test_compiled_programs_hold_only_the_convolutions_they_need(model):

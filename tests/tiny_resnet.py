@@ -212,3 +212,25 @@ def equinox_model(seed=0):
     head = eqx.tree_at(lambda h: (h.weight, h.bias), head, (jnp.asarray(w["head"][0].T), jnp.asarray(w["head"][1])))
     return TinyResNet(conv("stem", 2), Block(conv("block1.conv_a"), conv("block1.conv_b")),
                       Block(conv("block2.conv_a"), conv("block2.conv_b")), head)
+
+
+def check_against_hand_split(model, params) -> None:
+    """Every gradient method's raw map equals the hand split's (to 1e-5 of its scale), Ablation-CAM the hand-computed
+    ablation and Score-CAM runs, at the layer between blocks and the one inside the residual block: the check each
+    adapter's tests run on its own rendering of this network."""
+    import jaxcam
+    from jaxcam.methods import gradient_methods
+
+    x = images()
+    out = jaxcam.explain(model, x, gradient_methods() + ["ablationcam", "scorecam"], layer=[BETWEEN, INSIDE],
+                         raw=True, preprocessed=True)
+    for i, site in enumerate((BETWEEN, INSIDE)):
+        refs = reference_raw(params, x, site, gradient_methods())
+        for name in gradient_methods():
+            ref = np.asarray(refs[name])
+            err = np.abs(np.asarray(out[name][i]) - ref).max()
+            assert err <= 1e-5 * max(1.0, np.abs(ref).max()), (site, name, err)
+        weights, a = ablation_weights(params, x, site)
+        ref = np.asarray((a * weights[:, None, None]).sum(-1))  # (y - y_k) / y cancels: float32 noise ~1e-6
+        np.testing.assert_allclose(out["ablationcam"][i], ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+        assert np.isfinite(np.asarray(out["scorecam"][i])).all() and np.ptp(np.asarray(out["scorecam"][i])) > 0
