@@ -48,6 +48,7 @@ from jax.extend import core as jex_core
 from ..errors import InvalidArgumentError, JaxcamError, UnknownLayerError
 from ..tapped import Tapped, identity_tap, replay
 from .tokens import TokenGrid, as_pair, check_prefix, patch_grid, token_grid
+from .sites import select_output
 
 BIAS = "bias:"
 ACTS = "jaxcam_acts"    # the collection a first pass sows lifted sites' activations into
@@ -134,21 +135,6 @@ def _nested_set(tree: dict, path, key, value):
     for p in path:
         tree = tree.setdefault(p, {})
     tree[key] = value
-
-
-def select_output(out, output):
-    """The logits in a model's output: ``output`` None (the output is the array), a key or attribute name
-    (``"logits"``), an index, a sequence of them (a key path), or a callable of the output."""
-    if output is None:
-        return out
-    if callable(output):
-        return output(out)
-    for step in (output if isinstance(output, (tuple, list)) else (output,)):
-        if isinstance(step, str) and not isinstance(out, Mapping) and hasattr(out, step):
-            out = getattr(out, step)
-        else:
-            out = out[step]
-    return out
 
 
 @dataclass(frozen=True)

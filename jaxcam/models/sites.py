@@ -246,11 +246,16 @@ def _replays(apply, site):
 
 def select_output(out, output, model: str = "the model"):
     """The logits in a model's output: the output itself when ``output`` is None, ``out[output]`` (a tuple index or
-    a dict key; an attribute such as ``logits`` for objects), or ``output(out)`` for a function."""
+    a dict key; an attribute such as ``logits`` for objects), a sequence of such steps (a key path into nested
+    outputs), or ``output(out)`` for a function."""
     if output is None:
         return out
     if callable(output):
         return output(out)
+    if isinstance(output, (tuple, list)) and output:
+        for step in output:
+            out = select_output(out, step, model)
+        return out
     if isinstance(output, (int, str)) and not isinstance(output, bool):
         if isinstance(out, (tuple, list)) and isinstance(output, int):
             return out[output]
@@ -259,10 +264,10 @@ def select_output(out, output, model: str = "the model"):
         if isinstance(output, str) and hasattr(out, output):
             return getattr(out, output)
         raise InvalidArgumentError(f"output={output!r} selects nothing in the output of {model} "
-                                   f"({type(out).__name__}); pass an index, a key, an attribute name or a function "
-                                   "returning the logits")
-    raise InvalidArgumentError(f"output must be None, an index, a key or a function of the model's output returning "
-                               f"the logits, got {type(output).__name__} {output!r}")
+                                   f"({type(out).__name__}); pass an index, a key, an attribute name, a sequence of "
+                                   "them or a function returning the logits")
+    raise InvalidArgumentError(f"output must be None, an index, a key, a sequence of them or a function of the "
+                               f"model's output returning the logits, got {type(output).__name__} {output!r}")
 
 
 def check_logits(out, batch: int, model: str, output) -> None:
