@@ -156,12 +156,16 @@ def test_method_all_skips_the_gap_fc_methods_off_the_last_layer(photos, tmp_path
     monkeypatch.setattr(explain_cli, "load", lambda args: toy_model())
     rc, out, err = run(["explain", paths[0], "--method", "all", "--layer", "conv", "--out", str(tmp_path)], capsys)
     assert rc == 0, err
-    expected = [m for m, spec in jaxcam.METHODS.items() if not spec.gap_fc_only and not spec.requires]
+    expected = [m for m, spec in jaxcam.METHODS.items() if not spec.gap_fc_only and not spec.requires
+                and not spec.attention]  # the toy has no attention: AD-CAM does not apply, and a note says why
     assert err.strip().splitlines() == [
         "jaxcam: note: --method all skips cam on toy (they need a global-average-pool + fully-connected head right "
         "after the target layer)",
         "jaxcam: note: --method all leaves out broadcam (their weights are fitted in Python: jaxcam.fit_broadcam, "
-        "then method_options)"]
+        "then method_options)",
+        "jaxcam: note: --method all leaves out adcam on toy: it needs a Vision Transformer's attention "
+        "probabilities, and the model's adapter declares no attention sites (from_hf and from_linen find them on "
+        "attention modules that can return them)"]
     with np.load(tmp_path / "maps.npz") as npz:
         assert list(npz["methods"]) == expected and npz["gradcam"].shape == (1, 32, 32)
         check_npz_maps(npz, ["a"])

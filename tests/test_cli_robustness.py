@@ -203,6 +203,7 @@ def test_every_option_reaches_the_library(tmp_path, monkeypatch, capsys):
     assert seen["source"].name == f"folder:{clean}" and len(seen["source"]) == 3
     assert {"gradcam", "scorecam", "ablationcam", "eigencam"} <= set(seen["methods"])
     assert not {"cam", "metacam"} & set(seen["methods"])  # need a GAP+FC head / an ensemble of the others
+    assert not {"adcam", "broadcam"} & set(seen["methods"])  # a ViT's attention / weights fitted in Python
     assert (seen["noises"], seen["severities"], seen["draws"]) == (["impulse", "shot"], [5, 3], 3)
     assert (seen["similarity"], seen["explain_class"], seen["key"]) == ("spearman", "original_prediction", 7)
     assert (seen["image_batch"], seen["chunk"], seen["resume"], seen["progress"]) == (4, 16, True, False)

@@ -89,6 +89,17 @@ def method_list(spec: list[str], error: type[Exception], keep=lambda spec: True)
     return list(spec)
 
 
+def for_model(methods, spec: list[str], model) -> list[str]:
+    """``methods`` resolved from ``--methods all``, less those this model cannot run at any layer (FullGrad or
+    CAMERAS on a ViT, AD-CAM without attention); methods named one by one are left for the library to refuse."""
+    from .._explain import unavailable_methods
+
+    if spec != ["all"]:
+        return list(methods)
+    unavailable = unavailable_methods(model)
+    return [m for m in methods if m not in unavailable]
+
+
 def read_images(paths) -> tuple[list[str], list]:
     """``(names, images)``: the files given (each checked to be a non-empty regular file, so a typo, a directory or
     a symlink loop is one clear line before any model is loaded), or scikit-image's sample photographs when none

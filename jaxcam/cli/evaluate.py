@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import JaxcamError, MaskError, UnknownNameError
 from ..files import atomic_write
-from .common import (add_images_arg, add_model_args, display_name, formatter, load, method_list,
+from .common import (add_images_arg, add_model_args, display_name, for_model, formatter, load, method_list,
                      output_directory, quote, read_images, summary)
 
 DEFAULT_METHODS = ("gradcam", "gradcam++", "xgradcam")
@@ -93,6 +93,7 @@ def run(args) -> None:
     names = [display_name(n) for n in names]  # found masks by the file's own name; every output can hold these
     with output_directory(args.out) as out:  # removed again if the command fails before writing anything
         model = load(args)
+        methods = for_model(methods, args.methods, model)
         size = model.input_size
         masks = None
         if mask_paths is not None:

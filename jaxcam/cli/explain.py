@@ -93,6 +93,8 @@ class Explanation:
 
 
 def run(args) -> None:
+    from .._explain import unavailable_methods
+
     start = time.perf_counter()
     targets, requested, layers = check_options(args)
     with output_directory(args.out) as out:  # removed again if the command fails before writing anything
@@ -107,6 +109,8 @@ def run(args) -> None:
         if requested == ["all"]:
             print(f"jaxcam: note: --method all leaves out {all_needs_options()} (their weights are fitted in "
                   "Python: jaxcam.fit_broadcam, then method_options)", file=sys.stderr)
+            for name, why in unavailable_methods(model).items():
+                print(f"jaxcam: note: --method all leaves out {name} on {model.name}: {why}", file=sys.stderr)
         x = model.preprocess(images)
         classes, probs = choose_classes(model, x, targets, args.batch_size)
         maps = compute_maps(model, x, methods, classes, layers, args.batch_size)

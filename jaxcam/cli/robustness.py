@@ -19,8 +19,8 @@ import numpy as np
 from ..errors import ImageFileError, JaxcamError, UnknownNameError
 from ..files import atomic_write
 from ..table import escape_markdown
-from .common import (add_images_arg, add_model_args, file_stems, formatter, load, method_list, quote,
-                     read_images, summary)
+from .common import (add_images_arg, add_model_args, file_stems, for_model, formatter, load, method_list,
+                     quote, read_images, summary)
 
 DEFAULT_NOISES = ("gaussian", "shot", "impulse", "speckle")
 DEFAULT_SEVERITIES = (1, 2, 3, 4, 5)
@@ -103,6 +103,7 @@ def run(args) -> None:
     out = R.check_out_dir(args.out)  # created by R.run once everything is checked: a refused run leaves nothing
     _check_out(out, args.resume)
     model = load(args)
+    methods = tuple(for_model(methods, args.methods, model))
     _check_methods_apply(model, methods)
     try:
         rows = R.run(model, source, out, methods=methods, noises=args.noises, severities=args.severities,
