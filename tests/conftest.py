@@ -1,4 +1,5 @@
 import os
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # the CLI enables JAX's persistent compilation cache; tests calling it in-process must not write to ~/.cache
@@ -30,3 +31,28 @@ def embedded():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module, drop every compiled program (JAX's caches and jaxcam's own program caches).
+
+    The whole suite runs in one process and compiles thousands of XLA programs; each keeps memory mappings for its
+    machine code, and near the Linux limit on mappings per process (vm.max_map_count, 65530) XLA's CPU compiler
+    crashed (a segmentation fault in backend_compile, reproducibly in the last test modules, never when they run
+    alone). Programs are not shared across modules, so releasing them costs only recompilation where a later
+    module reuses one."""
+    yield
+    import functools
+
+    import jaxcam
+
+    jax.clear_caches()
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("jaxcam"):
+            for value in list(vars(module).values()):
+                if isinstance(value, functools._lru_cache_wrapper):
+                    value.cache_clear()
+    for cache in (getattr(jaxcam.metrics.road, "_PROGRAMS", None),):
+        if isinstance(cache, dict):
+            cache.clear()
