@@ -35,8 +35,8 @@ from jax.interpreters import batching
 from ..errors import InvalidArgumentError, MissingDependencyError
 from ..tapped import Tapped
 from .model import Model
-from .sites import NESTED, as_grids, check_logits, check_size, choose_sites, closed_form_sites, discover, here, \
-    is_grid, name_calls, provisional, repeated, select_output, through_tap, token_sites, vit_default
+from .sites import NESTED, TokenSites, as_grids, check_logits, check_size, choose_sites, closed_form_sites, discover, \
+    here, is_grid, name_calls, provisional, repeated, select_output, through_tap, token_sites, vit_default
 from .tokens import as_pair, check_prefix
 
 AXIS = "jaxcam_examples"  # the vmap axis the adapter batches examples over
@@ -152,7 +152,7 @@ def _get(node, keys):
 
 
 @dataclass(frozen=True)
-class EquinoxApply:
+class EquinoxApply(TokenSites):
     """The tapped forward of an Equinox model: combine, wrap the tapped submodules, vmap over NCHW examples.
     ``layers``: ``(dotted path, key path)`` of the submodules whose grid outputs are sites (``path#<call>`` for a
     path in ``multi``); ``biases``: key paths of FullGrad's bias layers; ``discover``: every call named
@@ -167,10 +167,6 @@ class EquinoxApply:
     tokens: tuple = ()  # (site, prefix) of the sites whose output is a ViT token sequence
     patch: tuple | None = None
     discover: bool = False
-
-    @property
-    def token_sites(self) -> frozenset:
-        return frozenset(name for name, _ in self.tokens)
 
     def __call__(self, params, x, tap):
         return self.run(params, x, tap)

@@ -30,8 +30,8 @@ from jax.extend.core import Literal, jaxprs_in_params
 from ..errors import InvalidArgumentError, UnknownLayerError
 from ..tapped import Tapped, site_shapes
 from .model import Model
-from .sites import as_grids, check_logits, check_size, choose_sites, closed_form_sites, provisional, select_output, \
-    through_tap, token_sites
+from .sites import TokenSites, as_grids, check_logits, check_size, choose_sites, closed_form_sites, provisional, \
+    select_output, through_tap, token_sites
 from .tokens import as_pair, check_prefix
 
 MARKER = "name"  # the primitive checkpoint_name binds
@@ -118,7 +118,7 @@ def _evaluate(jaxpr, consts, args, tap):
 
 
 @dataclass(frozen=True)
-class MarkedApply:
+class MarkedApply(TokenSites):
     """The tapped forward of ``fn(params, x)`` cut at its ``checkpoint_name`` markers. ``tokens``: ``(marker,
     prefix)`` of the markers on ViT token sequences, seen as their ``patch`` grids."""
 
@@ -126,10 +126,6 @@ class MarkedApply:
     output: object = None
     tokens: tuple = ()
     patch: tuple | None = None
-
-    @property
-    def token_sites(self) -> frozenset:
-        return frozenset(name for name, _ in self.tokens)
 
     def __call__(self, params, x, tap):
         closed, out_tree = trace(self.fn, params, x)

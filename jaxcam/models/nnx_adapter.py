@@ -31,8 +31,8 @@ from flax.errors import TraceContextError
 from ..errors import InvalidArgumentError
 from ..tapped import Tapped
 from .model import Model
-from .sites import NESTED, as_grids, check_logits, check_size, choose_sites, closed_form_sites, discover, here, \
-    is_grid, name_calls, provisional, repeated, select_output, through_tap, token_sites, vit_default
+from .sites import NESTED, TokenSites, as_grids, check_logits, check_size, choose_sites, closed_form_sites, discover, \
+    here, is_grid, name_calls, provisional, repeated, select_output, through_tap, token_sites, vit_default
 from .tokens import as_pair, check_prefix
 
 _TAP = "_jaxcam_tap"
@@ -93,7 +93,7 @@ def training_mode(module) -> list[str]:
 
 
 @dataclass(frozen=True)
-class NnxApply:
+class NnxApply(TokenSites):
     """The tapped forward (:mod:`jaxcam.tapped`) of an NNX module: merge, swap the tapped submodules' classes on
     the fresh copy, call. ``layers``: submodule paths whose grid outputs are sites (``path`` or, for a path in
     ``multi``, ``path#<call>``); ``biases``: paths of FullGrad's bias layers, tapped as ``bias:<i>``;
@@ -108,10 +108,6 @@ class NnxApply:
     tokens: tuple = ()
     patch: tuple | None = None
     discover: bool = False
-
-    @property
-    def token_sites(self) -> frozenset:
-        return frozenset(name for name, _ in self.tokens)
 
     def __call__(self, params, x, tap):
         return self.run(params, x, tap)

@@ -244,6 +244,15 @@ def _replays(apply, site):
     return jax.jit(lambda p, x, a: replay(apply, p, x, site, a))
 
 
+class TokenSites:
+    """Mixin for an adapter's apply holding ``tokens`` (``(site, prefix)`` of its ViT token sites): the
+    ``token_sites`` that ``Model.token_sites`` and ``jaxcam.layers`` read."""
+
+    @property
+    def token_sites(self) -> frozenset:
+        return frozenset(name for name, _ in self.tokens)
+
+
 def select_output(out, output, model: str = "the model"):
     """The logits in a model's output: the output itself when ``output`` is None, ``out[output]`` (a tuple index or
     a dict key; an attribute such as ``logits`` for objects), a sequence of such steps (a key path into nested
@@ -281,6 +290,6 @@ def check_logits(out, batch: int, model: str, output) -> None:
                                    f"{hint}")
 
 
-__all__ = ["NESTED", "as_grids", "check_layer", "check_logits", "check_size", "choose_sites", "closed_form_sites",
+__all__ = ["NESTED", "TokenSites", "as_grids", "check_layer", "check_logits", "check_size", "choose_sites", "closed_form_sites",
            "discover", "here", "is_grid", "name_calls", "provisional", "repeated", "select_output", "through_tap",
            "token_sites", "vit_default"]
