@@ -520,7 +520,7 @@ def tfds_source(name: str, *, split: str = "validation", data_dir=None, manual_d
 
 # ---------------------------------------------------------------------------------------------------- specs
 
-SCHEMES = ("sample", "folder", "tfds")
+SCHEMES = ("sample", "folder", "tfds", "synthetic")
 _TFDS_SPEC = re.compile(r"^(?P<name>[^:\[\]]+(?::(?:\d+|\*)(?:\.(?:\d+|\*)){0,2})?)(?::(?P<split>.+))?$")
 
 
@@ -528,7 +528,9 @@ def get_source(spec, **options) -> ImageSource:
     """A source from a CLI string, with ``options`` passed to its constructor.
 
     ``"sample"`` or ``"sample:chelsea,coffee"``; ``"folder:PATH"``; ``"tfds:NAME[:SPLIT]"`` where NAME may carry a
-    config and version (``"tfds:imagenette/160px-v2:1.0.0:validation[:500]"``) and SPLIT defaults to validation.
+    config and version (``"tfds:imagenette/160px-v2:1.0.0:validation[:500]"``) and SPLIT defaults to validation;
+    ``"synthetic:N[:SPLIT]"``: N images of the synthetic localisation benchmark (:mod:`jaxcam.synthetic`; split
+    train or test).
     An :class:`ImageSource` is returned as it is.
     """
     if isinstance(spec, ImageSource):
@@ -551,4 +553,13 @@ def get_source(spec, **options) -> ImageSource:
         if m["split"] is not None:
             options.setdefault("split", m["split"])
         return tfds_source(m["name"], **options)
-    raise UnknownNameError(scheme, SCHEMES, f"dataset spec {spec!r} (forms: sample, folder:PATH, tfds:NAME[:SPLIT])")
+    if scheme == "synthetic":
+        n, _, split = rest.partition(":")
+        if not n.isdigit() or int(n) < 1:
+            raise InvalidArgumentError(f"dataset spec {spec!r}: expected synthetic:N[:SPLIT] with N a positive "
+                                       "number of images, e.g. synthetic:512:train")
+        from .synthetic import synthetic_source
+
+        return synthetic_source(int(n), split=split or "train", **options)
+    raise UnknownNameError(scheme, SCHEMES, f"dataset spec {spec!r} (forms: sample, folder:PATH, tfds:NAME[:SPLIT], "
+                           "synthetic:N[:SPLIT])")
