@@ -5,6 +5,10 @@ differentiates through a CAM (SHAM, CAM-loss) uses exactly the maps :func:`jaxca
 """
 
 from .losses import LOSSES, CamPass, LossContext, LossSpec, accuracy, cross_entropy, gradcam_maps, tap_values
+from .loop import NonFiniteLossError, TrainResult, TrainState, evaluate_accuracy, fit, trainable_mask
+from .optim import OPTIMIZERS, SCHEDULES
+from .pipeline import AUGMENTATIONS
 
 __all__ = ["CamPass", "LOSSES", "LossContext", "LossSpec", "accuracy", "cross_entropy", "gradcam_maps",
-           "tap_values"]
+           "tap_values", "AUGMENTATIONS", "NonFiniteLossError", "OPTIMIZERS", "SCHEDULES", "TrainResult",
+           "TrainState", "evaluate_accuracy", "fit", "trainable_mask"]
