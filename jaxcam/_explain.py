@@ -113,9 +113,10 @@ def _program(tapped: Tapped, cfg: Config):
         return opts.get((spec.name, name), default)
 
     attention = tapped.attention_sites if any(spec.attention for spec in specs) else ()
+    own = tapped.map_sites[:1] if any(spec.own_maps for spec in specs) else ()
 
     def capture_all(params, x, classes):
-        cap = capture(apply, params, x, sites, grad_scores, classes, record=attention)
+        cap = capture(apply, params, x, sites, grad_scores, classes, record=attention + own)
         hvps = {}
         for s in hvp_scores:  # ShapleyCAM: (d^2 S / dA^2) A at each site, through a replay of the rest
             hvps[s] = {}
@@ -139,7 +140,8 @@ def _program(tapped: Tapped, cfg: Config):
                       score=score, batch_size=cfg.batch_size, mean=cfg.mean, std=cfg.std)
         attn = jnp.stack([cap.acts[a] for a in attention], axis=1) if spec.attention else None  # (N, L, h, T, T)
         inputs = Inputs(cap.acts[site], cap.grads[score][site] if spec.gradients else None,
-                        hvps[score][site] if spec.hvp else None, cap.logits, cap.classes, x, keys, attn)
+                        hvps[score][site] if spec.hvp else None, cap.logits, cap.classes, x, keys, attn,
+                        cap.acts[own[0]] if spec.own_maps else None)
         kwargs = {k: opts[(spec.name, k)] for k in spec.options if (spec.name, k) in opts}
         per_example = lambda inp: spec.fn(inp, ctx, **kwargs)  # noqa: E731
         if spec.full_forwards and cfg.sequential_examples:
@@ -351,6 +353,10 @@ def unavailable_methods(model: Model) -> dict[str, str]:
         out |= {n: "it needs a Vision Transformer's attention probabilities, and the model's adapter declares no "
                    "attention sites (from_hf and from_linen find them on attention modules that can return them)"
                 for n, spec in METHODS.items() if spec.attention}
+    if not model.tapped.map_sites:
+        out |= {n: "it reads the class maps a model trained with exits computes itself (jaxcam.train.ame builds one), "
+                   "and this model's tapped forward declares no map sites"
+                for n, spec in METHODS.items() if spec.own_maps}
     missing = sorted(set(META_MEMBERS) & out.keys())
     if missing:  # MetaCAM's default members; with members= of its own it runs (checked at configuration)
         out["metacam"] = f"its default members include {', '.join(missing)}: {out[missing[0]]}"

@@ -53,6 +53,8 @@ class Tapped:
         bias, for FullGrad; ``biases(params) -> {site: (C,)}`` gives their effective biases as a traced function.
       attention_sites: sites where a Vision Transformer's attention probabilities (N, heads, T, T) are tapped, in
         block order (recorded, never changed): what AD-CAM diffuses a CAM with.
+      map_sites: sites where the model computes its own class maps (N, h, w, C), one channel per class (recorded,
+        never changed): what ``amecam`` reads from a model trained with exits (:mod:`jaxcam.train.ame`).
     """
 
     apply: Callable
@@ -63,6 +65,7 @@ class Tapped:
     bias_sites: tuple[str, ...] = ()
     biases: Callable | None = None
     attention_sites: tuple[str, ...] = ()
+    map_sites: tuple[str, ...] = ()
 
     def forward(self, params, x) -> jax.Array:
         """The plain forward: logits of a preprocessed batch."""

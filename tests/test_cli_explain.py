@@ -157,7 +157,8 @@ def test_method_all_skips_the_gap_fc_methods_off_the_last_layer(photos, tmp_path
     rc, out, err = run(["explain", paths[0], "--method", "all", "--layer", "conv", "--out", str(tmp_path)], capsys)
     assert rc == 0, err
     expected = [m for m, spec in jaxcam.METHODS.items() if not spec.gap_fc_only and not spec.requires
-                and not spec.attention]  # the toy has no attention: AD-CAM does not apply, and a note says why
+                and not spec.attention and not spec.own_maps]  # the toy has no attention and no exits: AD-CAM and
+    # AME-CAM do not apply, and a note says why
     assert err.strip().splitlines() == [
         "jaxcam: note: --method all skips cam on toy (they need a global-average-pool + fully-connected head right "
         "after the target layer)",
@@ -165,7 +166,9 @@ def test_method_all_skips_the_gap_fc_methods_off_the_last_layer(photos, tmp_path
         "then method_options)",
         "jaxcam: note: --method all leaves out adcam on toy: it needs a Vision Transformer's attention "
         "probabilities, and the model's adapter declares no attention sites (from_hf and from_linen find them on "
-        "attention modules that can return them)"]
+        "attention modules that can return them)",
+        "jaxcam: note: --method all leaves out amecam on toy: it reads the class maps a model trained with exits "
+        "computes itself (jaxcam.train.ame builds one), and this model's tapped forward declares no map sites"]
     with np.load(tmp_path / "maps.npz") as npz:
         assert list(npz["methods"]) == expected and npz["gradcam"].shape == (1, 32, 32)
         check_npz_maps(npz, ["a"])

@@ -30,7 +30,8 @@ def models():
     return m1, m2
 
 
-@pytest.mark.parametrize("method", [m for m, s in jaxcam.METHODS.items() if not s.attention])  # AD-CAM: test_vit
+@pytest.mark.parametrize("method", [m for m, s in jaxcam.METHODS.items()
+                                    if not s.attention and not s.own_maps])  # AD-CAM: test_vit
 def test_explainer_takes_other_models_parameters(models, method):
     m1, m2 = models
     x = toy_input(n=2)

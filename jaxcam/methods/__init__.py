@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import activation, adcam, broadcam, fullgrad, gradient, multipass, perturbation, ssa
+from . import activation, adcam, broadcam, fullgrad, gradient, multipass, own_maps, perturbation, ssa
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class MethodSpec:
     requires: tuple[str, ...] = ()  # options without a default (BroadCAM's fitted weights): "all" skips the method
     on_tokens: str = ""  # why the method does not apply to a Vision Transformer (token layers); "" where it does
     attention: bool = False  # reads a ViT's attention probabilities (Inputs.attn), captured in the same forward
+    own_maps: bool = False  # reads the model's own class maps (Inputs.maps, Tapped.map_sites), same forward
 
 
 PGC = "pytorch-grad-cam 1.5.7"
@@ -116,6 +117,9 @@ METHODS: dict[str, MethodSpec] = {
                         "Huang et al., arXiv 2211.10931 ([ours] reconstruction)",
                         "closed-form tests (identity attention = base CAM)", options=("base", "steps"),
                         attention=True),
+    "amecam": MethodSpec("amecam", own_maps.amecam, "model", "map", False, "1F (the model's exits and aggregator)",
+                         "Chen et al., MICCAI 2023 (arXiv 2306.14505)",
+                         "closed-form tests (the module's own map); trained by jaxcam.train.ame", own_maps=True),
 }
 
 

@@ -23,6 +23,7 @@ class Inputs(NamedTuple):
     image: jax.Array           # (H, W, 3) the model input (normalised)
     key: jax.Array             # this example's PRNG key (methods that draw noise use it, nothing else does)
     attn: jax.Array | None = None  # (L, heads, T, T) a ViT's attention probabilities, for methods that declare it
+    maps: jax.Array | None = None  # (h, w, C) the model's own class maps (Tapped.map_sites), for methods that declare it
 
 
 @dataclass(frozen=True)
