@@ -120,8 +120,13 @@ def _no_tap(site, a):
     return a
 
 
+from .ame import aggregation_loss, multi_exit_loss  # noqa: E402
+
 LOSSES: dict[str, LossSpec] = {
     "cross_entropy": LossSpec("cross_entropy", ce_loss, ("label_smoothing",), False, "softmax cross-entropy"),
+    "ame_exits": LossSpec("ame_exits", multi_exit_loss, ("weights",), False, "AME-CAM exits, Chen et al. MICCAI 2023"),
+    "ame_aggregation": LossSpec("ame_aggregation", aggregation_loss, ("alpha", "mean", "std"), False,
+                                "AME-CAM SimMax/SimMin aggregation, Chen et al. MICCAI 2023"),
 }
 
 __all__ = ["CamPass", "LOSSES", "LossContext", "LossSpec", "accuracy", "ce_loss", "cross_entropy", "gradcam_maps",
