@@ -2,11 +2,12 @@
 real: a subprocess is killed after its first checkpoint), its history continues without duplicate steps, and a
 checkpoint of another model or of other settings is one clear error before any work."""
 
+import csv
 import os
 import signal
 import subprocess
 import sys
-import textwrap
+import threading
 import time
 
 import jax
@@ -49,29 +50,43 @@ def _steps_done(ckpt):
     return sorted(int(d) for d in os.listdir(ckpt) if d.isdigit()) if os.path.isdir(ckpt) else []
 
 
+def _kill_at_first_checkpoint(proc, ckpt, out):
+    """Poll ``ckpt`` and SIGKILL ``proc`` as soon as a checkpoint is complete (orbax renames a step's folder into
+    place only then); runs in a thread while the test computes the uninterrupted run."""
+    deadline = time.monotonic() + 180
+    while not _steps_done(ckpt):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            out["error"] = f"exit code {proc.wait()} before any checkpoint: {proc.stdout.read().decode()[-2000:]}"
+            return
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(60)
+    out["killed_at"] = max(_steps_done(ckpt))
+
+
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
     ckpt, hist = str(tmp_path / "ckpt"), str(tmp_path / "history.csv")
     script = tmp_path / "run.py"
-    script.write_text(SCRIPT.format(repo=REPO, tests=os.path.join(REPO, "tests"), widths=WIDTHS, ckpt=ckpt, hist=hist, run=RUN))
+    script.write_text(SCRIPT.format(repo=REPO, tests=os.path.join(REPO, "tests"), widths=WIDTHS, ckpt=ckpt,
+                                    hist=hist, run=RUN))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while not _steps_done(ckpt):  # orbax renames a step's folder into place only when it is complete
-            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+    out = {}
+    killer = threading.Thread(target=_kill_at_first_checkpoint, args=(proc, ckpt, out))
+    killer.start()
+    try:  # the uninterrupted run, while the subprocess starts
+        model, data = reference_model(0, widths=WIDTHS), random_data()
+        whole = fit(model, data, **RUN)
     finally:
+        killer.join()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    killed_at = max(_steps_done(ckpt))
-    assert proc.returncode == -signal.SIGKILL and killed_at < RUN["steps"], (proc.returncode, killed_at)
+    assert "error" not in out, out.get("error")
+    assert proc.returncode == -signal.SIGKILL and out["killed_at"] < RUN["steps"], (proc.returncode, out)
 
-    model, data = reference_model(0, widths=WIDTHS), random_data()
     resumed = fit(model, data, checkpoint_dir=ckpt, history=hist, **RUN)
-    whole = fit(model, data, **RUN)
     assert resumed.step == whole.step == RUN["steps"]
     for a, b in zip(_leaves(resumed.model), _leaves(whole.model), strict=True):
         assert np.array_equal(a, b)
@@ -79,8 +94,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     # the history file: every step once, in order, and the resumed rows equal the uninterrupted run's
     assert list(resumed.history["step"]) == list(range(1, RUN["steps"] + 1))
     assert np.array_equal(resumed.history["loss"], whole.history["loss"])
-    written = jaxcam.table.Table.from_rows(__import__("csv").DictReader(open(hist)))
-    assert [int(s) for s in written["step"]] == list(range(1, RUN["steps"] + 1))
+    with open(hist, newline="") as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == list(range(1, RUN["steps"] + 1))
 
 
 def _small(tmp_path, **kw):

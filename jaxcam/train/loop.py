@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 import jax
@@ -198,6 +198,19 @@ def make_step(ctx: LossContext, loss_fn: Callable, options: dict, augment: tuple
     return step
 
 
+@lru_cache(maxsize=8)
+def _program(ctx, loss_fn, options, augment, mask, treedef, optimizer, learning_rate, schedule, steps, warmup_steps,
+             weight_decay, accumulate, mean, std):
+    """The optax transformation and the jitted step of a configuration, cached: runs with the same settings (a
+    resumed run, the same model trained again) share one compiled program."""
+    rate = None if not isinstance(optimizer, str) else make_schedule(schedule, learning_rate, steps, warmup_steps)
+    labels = jax.tree.unflatten(treedef, ["train" if m else "frozen" for m in mask])
+    tx = masked(make_optimizer(optimizer, rate, weight_decay), labels)
+    step = make_step(ctx, loss_fn, dict(options), augment, list(mask), treedef, tx, rate, accumulate, mean, std)
+    donate = (0,) if jax.default_backend() != "cpu" else ()  # CPU cannot donate (XLA warns)
+    return tx, jax.jit(step, donate_argnums=donate)
+
+
 @jax.jit
 def _all_finite(params) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.inexact)]
@@ -362,12 +375,14 @@ def fit(model, data, *, steps: int, batch_size: int = 32, loss="cross_entropy", 
     treedef = jax.tree.structure(model.params)
 
     custom = not isinstance(optimizer, str)
-    rate = None if custom else make_schedule(schedule, learning_rate, steps, warmup_steps)
-    labels = jax.tree.unflatten(treedef, ["train" if m else "frozen" for m in mask])
-    tx = masked(make_optimizer(optimizer, rate, weight_decay), labels)
     ctx = LossContext(model.tapped.apply, site, model.num_classes, tuple(model.tapped.sites))
-    step_fn = make_step(ctx, loss_fn, options, augment_fns, mask, treedef, tx, rate, accumulate, model.mean,
-                        model.std)
+    program = (ctx, loss_fn, tuple(sorted(options.items())), augment_fns, tuple(mask), treedef, optimizer,
+               learning_rate, schedule, steps, warmup_steps, weight_decay, accumulate, tuple(model.mean),
+               tuple(model.std))
+    try:
+        tx, step_jit = _program(*program)
+    except TypeError:  # an unhashable loss option: build this run's program alone
+        tx, step_jit = _program.__wrapped__(*program)
 
     entries = param_entries(model.params)
     settings = json.loads(json.dumps({
@@ -392,7 +407,7 @@ def fit(model, data, *, steps: int, batch_size: int = 32, loss="cross_entropy", 
             _check_resume(store, latest, record, steps, schedule)
             start = latest
     try:
-        return _run(model, data, eval_data, eval_every, steps, batch_size, accumulate, run_key, tx, step_fn, mask,
+        return _run(model, data, eval_data, eval_every, steps, batch_size, accumulate, run_key, tx, step_jit,
                     store, start, checkpoint_every, record, history, progress)
     finally:
         if store is not None:
@@ -418,7 +433,7 @@ def _check_resume(store: Checkpoints, latest: int, record: dict, steps: int, sch
         raise CheckpointError(f"{where} is already past steps={steps}; ask for steps >= {latest}, or {fresh}")
 
 
-def _run(model, data, eval_data, eval_every, steps, batch_size, accumulate, run_key, tx, step_fn, mask, store,
+def _run(model, data, eval_data, eval_every, steps, batch_size, accumulate, run_key, tx, step_jit, store,
          start, checkpoint_every, record, history, progress) -> TrainResult:
     arrays = pipeline.load_data(data, model.input_size, model.num_classes)
     eval_arrays = None if eval_data is None else pipeline.load_data(eval_data, model.input_size, model.num_classes,
@@ -435,8 +450,6 @@ def _run(model, data, eval_data, eval_every, steps, batch_size, accumulate, run_
         tree = store.restore(start, pack(state.params, state.opt_state, state.step, key_data))
         p, o, s, _ = unpack(tree, state.params, state.opt_state)
         state = TrainState(p, o, jnp.asarray(s, jnp.int32))
-    donate = (0,) if jax.default_backend() != "cpu" else ()  # CPU cannot donate (XLA warns)
-    step_jit = jax.jit(step_fn, donate_argnums=donate)
 
     first = pipeline.gather(device_arrays, jnp.asarray(stream.indices(0)))
     _, shapes = jax.eval_shape(step_jit, state, first, step_root)  # checks the loss's outputs before training
