@@ -122,10 +122,14 @@ def test_resume_with_other_settings_names_them(tmp_path, monkeypatch):
         fit(other, data, **_small(tmp_path))
 
 
-def test_finished_run_and_fresh_start(tmp_path):
+def test_finished_run_and_fresh_start(tmp_path, monkeypatch):
+    from jaxcam.train import pipeline
+
     model, data = reference_model(0, widths=WIDTHS), random_data(8)
     first = fit(model, data, **_small(tmp_path))
-    again = fit(model, data, **_small(tmp_path))  # already done: restored, no step runs
+    with monkeypatch.context() as patch:  # already done: restored, nothing loaded, no step runs
+        patch.setattr(pipeline, "load_data", lambda *a, **k: pytest.fail("data loaded for a finished run"))
+        again = fit(model, data, **_small(tmp_path))
     assert len(again.history) == 0 and again.step == 4
     assert all(np.array_equal(a, b) for a, b in zip(_leaves(first.model), _leaves(again.model)))
     # a constant schedule does not depend on the length: a finished run can be extended

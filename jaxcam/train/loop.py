@@ -258,7 +258,8 @@ class _History:
     """The rows of the run, appended to a CSV as it goes (flushed every LOG_EVERY steps and before each
     checkpoint); a resumed run keeps the file's rows up to its checkpoint and continues it."""
 
-    def __init__(self, path, columns: list[str], start: int):
+    def __init__(self, path, columns: list[str], start: int, keep: bool = False):
+        """``keep``: only read the file's rows (a finished run; its columns are the file's)."""
         self.path, self.columns, self.rows, self.pending = path, columns, [], []
         if path is None:
             return
@@ -267,7 +268,12 @@ class _History:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
         if start > 0 and os.path.exists(self.path):
             with open(self.path, newline="") as f:
-                self.rows = [_parse(r) for r in csv.DictReader(f) if _step_of(r) is not None and _step_of(r) <= start]
+                reader = csv.DictReader(f)
+                self.rows = [_parse(r) for r in reader if _step_of(r) is not None and _step_of(r) <= start]
+                self.columns = self.columns or list(reader.fieldnames or [])
+        if keep:
+            self.path = None
+            return
         tmp = self.path + ".tmp"
         with open(tmp, "w", newline="") as f:
             self._write(f, self.rows, header=True)
@@ -435,14 +441,6 @@ def _check_resume(store: Checkpoints, latest: int, record: dict, steps: int, sch
 
 def _run(model, data, eval_data, eval_every, steps, batch_size, accumulate, run_key, tx, step_jit, store,
          start, checkpoint_every, record, history, progress) -> TrainResult:
-    arrays = pipeline.load_data(data, model.input_size, model.num_classes)
-    eval_arrays = None if eval_data is None else pipeline.load_data(eval_data, model.input_size, model.num_classes,
-                                                                    "eval_data")
-    per_step = batch_size * accumulate
-    stream = pipeline.Stream(len(arrays["label"]), per_step, jax.random.fold_in(run_key, 0))
-    step_root = jax.random.fold_in(run_key, 1)
-    device_arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
-
     params = jax.tree.map(jnp.array, model.params)  # copies: the step may donate its input buffers
     state = TrainState(params, tx.init(params), jnp.asarray(0, jnp.int32))
     key_data = jax.random.key_data(run_key)
@@ -450,6 +448,17 @@ def _run(model, data, eval_data, eval_every, steps, batch_size, accumulate, run_
         tree = store.restore(start, pack(state.params, state.opt_state, state.step, key_data))
         p, o, s, _ = unpack(tree, state.params, state.opt_state)
         state = TrainState(p, o, jnp.asarray(s, jnp.int32))
+    if start == steps:  # finished before: nothing to load or compile
+        return TrainResult(model.with_params(state.params), _History(history, [], start, keep=True).table(), start,
+                           store.directory)
+
+    arrays = pipeline.load_data(data, model.input_size, model.num_classes)
+    eval_arrays = None if eval_data is None else pipeline.load_data(eval_data, model.input_size, model.num_classes,
+                                                                    "eval_data")
+    per_step = batch_size * accumulate
+    stream = pipeline.Stream(len(arrays["label"]), per_step, jax.random.fold_in(run_key, 0))
+    step_root = jax.random.fold_in(run_key, 1)
+    device_arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
 
     first = pipeline.gather(device_arrays, jnp.asarray(stream.indices(0)))
     _, shapes = jax.eval_shape(step_jit, state, first, step_root)  # checks the loss's outputs before training
