@@ -120,10 +120,16 @@ def _no_tap(site, a):
     return a
 
 
+# after the helpers, which sham.py imports
+from .sham import SHAM_OPTIONS, SHAM_PAPER, sham_loss  # noqa: E402
+from .camloss import CAM_LOSS_PAPER, RECAM_PAPER, cam_loss, recam_loss  # noqa: E402
 from .ame import aggregation_loss, multi_exit_loss  # noqa: E402
 
 LOSSES: dict[str, LossSpec] = {
     "cross_entropy": LossSpec("cross_entropy", ce_loss, ("label_smoothing",), False, "softmax cross-entropy"),
+    "sham": LossSpec("sham", sham_loss, SHAM_OPTIONS, True, SHAM_PAPER),
+    "cam_loss": LossSpec("cam_loss", cam_loss, ("alpha",), True, CAM_LOSS_PAPER),
+    "recam": LossSpec("recam", recam_loss, ("lam", "base"), True, RECAM_PAPER),
     "ame_exits": LossSpec("ame_exits", multi_exit_loss, ("weights",), False, "AME-CAM exits, Chen et al. MICCAI 2023"),
     "ame_aggregation": LossSpec("ame_aggregation", aggregation_loss, ("alpha", "mean", "std"), False,
                                 "AME-CAM SimMax/SimMin aggregation, Chen et al. MICCAI 2023"),
