@@ -113,13 +113,13 @@ def test_augmentations_move_masks_and_boxes_with_pixels():
     batch = {"image": jnp.asarray(image), "mask": jnp.asarray(mask), "box": jnp.asarray(box),
              "label": jnp.zeros(6, jnp.int32)}
     for name in ("flip", "crop"):
-        out = pipeline.AUGMENTATIONS[name](jax.random.key(1), batch)
+        out = jax.jit(pipeline.AUGMENTATIONS[name])(jax.random.key(1), batch)  # one compile, not one per op
         assert not np.array_equal(out["mask"], mask), name  # something moved
         np.testing.assert_array_equal(out["image"][..., 0] > 0.5, out["mask"])
         for m, b in zip(np.asarray(out["mask"]), np.asarray(out["box"])):
             ys, xs = np.nonzero(m)
             assert (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1) == tuple(b), name
-    noisy = pipeline.noise(jax.random.key(0), batch)["image"]
+    noisy = jax.jit(pipeline.noise)(jax.random.key(0), batch)["image"]
     assert 0 <= float(noisy.min()) and float(noisy.max()) <= 1 and not np.array_equal(noisy, image)
 
 

@@ -84,9 +84,10 @@ def _positive_int(name: str, value, minimum: int = 1) -> int:
 
 
 def _resolve_loss(loss, loss_options) -> tuple[Callable, dict, str]:
-    options = dict(loss_options or {})
     if not isinstance(loss_options, (Mapping, type(None))):
-        raise InvalidArgumentError(f"loss_options must be a dict of the loss's options, got {type(loss_options).__name__}")
+        raise InvalidArgumentError(f"loss_options must be a dict of the loss's options, got "
+                                   f"{type(loss_options).__name__}")
+    options = dict(loss_options or {})
     if isinstance(loss, str):
         spec = LOSSES.get(loss)
         if spec is None:

@@ -92,7 +92,8 @@ def load_data(data, size: int, num_classes: int, name: str = "data") -> dict[str
     labels = out["label"]
     if labels.size and labels.min() < 0:
         raise InvalidArgumentError(f"{name} has unlabelled items (label {int(labels.min())}); training needs a "
-                                   "label in [0, num_classes) for every item (a folder source: one subfolder per class)")
+                                   "label in [0, num_classes) for every item (a folder source: one subfolder per "
+                                   "class)")
     if labels.size and labels.max() >= num_classes:
         raise ClassIndexError(f"{name} has label {int(labels.max())} but the model has {num_classes} classes; give a "
                               f"model with num_classes > {int(labels.max())} or filter the data")
