@@ -196,7 +196,8 @@ def test_custom_transformation_and_extra_aux_columns(model):
         loss, aux = LOSSES["cross_entropy"].fn(params, batch, key, ctx)
         return loss, {**aux, "margin": 1.0 - loss}
 
-    out = fit(model, random_data(8), steps=2, batch_size=4, optimizer=optax.sgd(0.1), loss=ce_with_margin, **QUIET)
+    out = fit(model, random_data(8), steps=2, batch_size=4, optimizer=optax.sgd(0.1), loss=ce_with_margin,
+              augment=pipeline.noise, **QUIET)  # one function (key, batch) -> batch is an augmentation too
     assert out.history.columns == ["step", "loss", "accuracy", "learning_rate", "seconds_per_step", "margin"]
     assert all(math.isnan(v) for v in out.history["learning_rate"])  # the rate lives inside the transformation
     np.testing.assert_allclose(out.history["margin"], 1.0 - out.history["loss"], rtol=1e-6)

@@ -396,8 +396,7 @@ def fit(model, data, *, steps: int, batch_size: int = 32, loss="cross_entropy", 
         "steps": steps, "batch_size": batch_size, "accumulate": accumulate, "loss": loss_name,
         "loss_options": options, "layer": site, "optimizer": "optax.GradientTransformation" if custom else optimizer,
         "learning_rate": learning_rate, "schedule": schedule, "warmup_steps": warmup_steps,
-        "weight_decay": weight_decay, "augment": [a if isinstance(a, str) else getattr(a, "__qualname__", repr(a))
-                                                  for a in ((augment,) if isinstance(augment, str) else augment or ())],
+        "weight_decay": weight_decay, "augment": [getattr(f, "__qualname__", repr(f)) for f in augment_fns],
         "key": np.asarray(jax.random.key_data(run_key)).tolist(), "data": pipeline.describe(data),
         "trainable": f"{sum(mask)} of {len(mask)} arrays, "
                      f"{hashlib.sha256(bytes(mask)).hexdigest()[:12]}",
