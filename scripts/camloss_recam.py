@@ -140,7 +140,8 @@ def assess(models, test, iid):
             continue
         scores = localisation(model, test["image"], test["mask"], test["label"], ("gradcam", "cam"))
         if name == "ReCAM":
-            scores["recam"] = localisation(recam_model(model), test["image"], test["mask"], test["label"], ("cam",))["cam"]
+            scores["recam"] = localisation(recam_model(model), test["image"], test["mask"], test["label"],
+                                           ("cam",))["cam"]
         cue = None
         if iid is not None:
             cue = localisation(model, iid["image"], iid["cue"], iid["label"], ("gradcam",))["gradcam"]["pointing_game"]

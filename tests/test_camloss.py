@@ -13,8 +13,9 @@ import pytest
 from jaxcam import explain
 from jaxcam.errors import InvalidArgumentError, UnknownNameError
 from jaxcam.models.reference_cnn import ReferenceCNN, reference_model
-from jaxcam.train import LOSSES, LossContext, fit
-from jaxcam.train.camloss import (cam_loss, recam_cam, recam_kernel, recam_loss, recam_model, with_recam_head)
+from jaxcam.train import LOSSES, LossContext, fit, gradcam_maps
+from jaxcam.train.camloss import (cam_loss, class_agnostic_map, minmax, recam_cam, recam_kernel, recam_loss,
+                                  recam_model, with_recam_head)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,7 +70,8 @@ def by_hand(params, batch):
 
 
 def test_registered():
-    assert LOSSES["cam_loss"].fn is cam_loss and LOSSES["cam_loss"].options == ("alpha",) and LOSSES["cam_loss"].uses_cam
+    spec = LOSSES["cam_loss"]
+    assert spec.fn is cam_loss and spec.options == ("alpha",) and spec.uses_cam
     assert LOSSES["recam"].fn is recam_loss and set(LOSSES["recam"].options) == {"lam", "base"}
 
 
@@ -78,11 +80,11 @@ def test_values_by_hand():
     ref = by_hand(params, batch)
     loss, aux = cam_loss(params, batch, None, CTX, alpha=0.5)
     assert ref["term"] > 0.05  # a case where the two maps differ
-    np.testing.assert_allclose([aux["ce"], aux["cam_loss"], loss], [ref["ce"], ref["term"], ref["ce"] + 0.5 * ref["term"]],
-                               rtol=1e-5)
+    np.testing.assert_allclose([aux["ce"], aux["cam_loss"], loss],
+                               [ref["ce"], ref["term"], ref["ce"] + 0.5 * ref["term"]], rtol=1e-5)
     loss, aux = recam_loss(params, batch, None, CTX, lam=0.7)
-    np.testing.assert_allclose([aux["bce"], aux["sce"], loss], [ref["bce"], ref["sce"], ref["bce"] + 0.7 * ref["sce"]],
-                               rtol=1e-5)
+    np.testing.assert_allclose([aux["bce"], aux["sce"], loss],
+                               [ref["bce"], ref["sce"], ref["bce"] + 0.7 * ref["sce"]], rtol=1e-5)
     loss, aux = recam_loss(params, batch, None, CTX, lam=1.0, base="ce")
     np.testing.assert_allclose([aux["ce"], loss], [ref["ce"], ref["ce"] + ref["sce"]], rtol=1e-5)
     np.testing.assert_allclose(recam_cam(tiny_apply, params, batch["image"], batch["label"], "feat"), ref["recam_map"],
@@ -118,12 +120,13 @@ def test_cam_loss_gradient_only_through_caam():
     for leaf in ("kernel", "bias"):
         np.testing.assert_allclose(with_term["head"][leaf], without["head"][leaf], atol=1e-7)
     assert float(jnp.max(jnp.abs(with_term["proj"]["kernel"] - without["proj"]["kernel"]))) > 1e-4
+
     # without the stop-gradient the classifier would move: the detachment is what the test sees
     def undetached(p):
         loss, _ = cam_loss(p, batch, None, CTX, alpha=0.0)
-        from jaxcam.train.camloss import class_agnostic_map, gradcam_maps, minmax
         cp = gradcam_maps(tiny_apply, p, batch["image"], batch["label"], "feat")
         return loss + jnp.mean(jnp.abs(minmax(class_agnostic_map(cp.acts)) - minmax(cp.cam)))
+
     assert float(jnp.max(jnp.abs(jax.grad(undetached)(params)["params"]["head"]["kernel"]
                                  - without["head"]["kernel"]))) > 1e-4
 
