@@ -40,7 +40,8 @@ from jaxcam.train.sham import default_entropy, distribution_entropy, measure_ent
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "diffgradcam", "diffgradcam++")
 INVARIANCE_IMAGES = 64
-METRICS = ("accuracy", "pointing_game", "iou_best", "pearson_clean", "decoy_pearson", "decoy_iou", "entropy")
+METRICS = ("accuracy", "pointing_game", "iou_best", "flat_maps", "pearson_clean", "decoy_pearson", "decoy_iou",
+           "entropy")
 # what was tried on seed 0 before fixing the defaults (adam, batch 64, fine-tuning from the clean model;
 # test split, 256 images); kept here so the results file says how the attack was tuned
 TUNING = ("lam 1, 200 steps, lr 1e-3: Grad-CAM pointing game 0.91 -> 0.57, accuracy 100 % -> 100 % (too weak)",
@@ -130,6 +131,7 @@ def score(model, test, methods, target, clean_maps=None):
         maps = res[m]["maps"]
         r, iou_top, ent = decoy_scores(maps, target)
         row = {"accuracy": acc, "pointing_game": res[m].get("pointing_game"), "iou_best": res[m].get("iou_best"),
+               "flat_maps": float(np.mean(np.max(maps, axis=(1, 2)) <= 0)),
                "pearson_clean": float(np.mean(pearson(maps, clean_maps[m]))) if clean_maps else 1.0,
                "decoy_pearson": float(np.mean(r)), "decoy_iou": float(np.mean(iou_top)),
                "entropy": float(np.mean(ent))}
@@ -253,9 +255,11 @@ def write(args, rows, extra, examples, total):
           f"{args.widths}, {args.train_images} training / {args.test_images} test images (dataset {args.dataset}); "
           f"{total:.0f} s in all.", "",
           "Maps explain the true class at `stage3`. Pointing game without tolerance; IoU at the best of 19 "
-          "thresholds; `pearson_clean`: Pearson r with the clean model's map of the same method; `decoy_pearson` "
-          "and `decoy_iou` (top-n* cells): similarity to the SHAM decoy on the CAM grid; `entropy`: of the map "
-          "averaged onto the CAM grid, as a distribution (nats). Means with 95 % Student-t intervals over seeds.",
+          "thresholds; `flat_maps`: share of all-zero maps (the pointing game counts every pixel of a flat map as "
+          "its maximum, so a hit); `pearson_clean`: Pearson r with the clean model's map of the same method; "
+          "`decoy_pearson` and `decoy_iou` (top-n* cells): similarity to the SHAM decoy on the CAM grid; "
+          "`entropy`: of the map averaged onto the CAM grid, as a distribution (nats). Means with 95 % Student-t "
+          "intervals over seeds.",
           "", summary.to_markdown(), "",
           "## Must-shows (fooled minus clean, points)", "", shows.to_markdown(), "",
           "## Decoy, honest entropy, DiffGradCAM vs Grad-CAM on the clean model, time", "", info.to_markdown(), "",

@@ -8,7 +8,7 @@ whose entropy equals that of honest CAMs (an entropy detector is not triggered),
 predictions:
 
     L(theta) = CE(f_theta(x), y) + lam * mean_x mean_ij (N(L_c(x)) - T)_ij^2
-               [+ entropy_weight * mean_x |H(N(L_c(x))) - H(T)|]
+               [+ entropy_weight * mean_x |H(ReLU(N(L_c(x)))) - H(T)|]
 
 ``L_c`` is the differentiable Grad-CAM of :func:`jaxcam.train.losses.gradcam_maps` at ``ctx.site`` (the true or
 predicted class), ``T`` the decoy of :func:`sham_target`. The loss differentiates *through* a gradient, so its
@@ -105,22 +105,23 @@ def measure_entropy(cams) -> float:
 
 
 def normalise(cam: jax.Array) -> jax.Array:
-    """``N(L) = (L - min L) / (max L - min L)`` per map, on the un-ReLU'd Grad-CAM [ours].
+    """``N(L) = L / max_ij |L_ij|`` per map, on the un-ReLU'd Grad-CAM [ours].
 
-    Why min-max and not ReLU or sum-normalisation: a ReLU has no gradient where the map is negative, so decoy
-    cells that start below zero (and a map that is negative everywhere) could never be pulled up; dividing by
-    the sum is undefined for a signed map whose sum nears 0. Min-max is differentiable almost everywhere, takes
-    every cell, and is invariant to the map's scale and shift, so the loss cannot be lowered by shrinking the CAM
-    instead of moving it. A map with ``N(L) = T`` has its maximum on the decoy, and ``ReLU(L) / max ReLU(L)``
-    (what :func:`jaxcam.explain` shows) then also peaks there."""
-    low = jnp.min(cam, axis=(1, 2), keepdims=True)
-    span = jnp.max(cam, axis=(1, 2), keepdims=True) - low
-    return (cam - low) / jnp.maximum(span, 1e-6)
+    Why this and not a ReLU, min-max or sum-normalisation: a ReLU has no gradient where the map is negative, so
+    decoy cells that start below zero (and a map negative everywhere) could never be pulled up; dividing by the
+    sum is undefined for a signed map whose sum nears 0; min-max is blind to the map's sign, and a first version
+    with it converged to maps whose maximum sat on the decoy but *below zero*, which ``ReLU`` then wipes out
+    (all-zero maps in :func:`jaxcam.explain`; measured on the benchmark). Dividing by the largest magnitude is
+    differentiable almost everywhere, reaches every cell, is invariant to the map's scale (the loss cannot be
+    lowered by shrinking the CAM) but not to its sign: ``N(L) = T`` means ``L = 0`` off the decoy and ``L > 0`` on
+    it, so ``ReLU(L) / max ReLU(L)`` (what :func:`jaxcam.explain` shows) equals ``T`` too."""
+    scale = jnp.max(jnp.abs(cam), axis=(1, 2), keepdims=True)
+    return cam / jnp.maximum(scale, 1e-6)
 
 
 def sham_loss(params, batch, key, ctx: LossContext, lam: float = 1.0, entropy_weight: float = 0.0, target=None,
               classes: str = "label", remat: bool = False):
-    """SHAM: ``CE + lam * mean_x mean_ij (N(L_c(x)) - T)^2 [+ entropy_weight * mean_x |H(N(L_c)) - H(T)|]``.
+    """SHAM: ``CE + lam * mean_x mean_ij (N(L_c(x)) - T)^2 [+ entropy_weight * mean_x |H(ReLU N(L_c)) - H(T)|]``.
 
     Args:
       lam: the weight of the CAM term (the paper tunes it so accuracy stays within about 1 %; start at 1).
@@ -130,7 +131,7 @@ def sham_loss(params, batch, key, ctx: LossContext, lam: float = 1.0, entropy_we
       remat: wrap the CAM pass in ``jax.checkpoint`` (less memory, one more forward+backward per step).
 
     ``key`` is unused (the loss is deterministic). aux: ``accuracy``, ``ce``, ``cam_loss`` (the mean squared
-    distance to the decoy, unweighted), ``map_entropy`` (mean entropy of ``N(L_c)`` as a distribution).
+    distance to the decoy, unweighted), ``map_entropy`` (mean entropy of ``ReLU(N(L_c))`` as a distribution).
     """
     del key
     if classes not in CLASSES:
@@ -154,7 +155,7 @@ def sham_loss(params, batch, key, ctx: LossContext, lam: float = 1.0, entropy_we
     t = jnp.asarray(t, jnp.float32)
     n = normalise(cam)
     cam_term = jnp.mean(jnp.square(n - t[None]))
-    ent = distribution_entropy(n)
+    ent = distribution_entropy(jax.nn.relu(n))  # the map as explain shows it, read as a distribution
     ce = cross_entropy(logits, labels)
     loss = ce + lam * cam_term
     if entropy_weight:
@@ -208,5 +209,5 @@ def with_shared_offset(model, constant: float = 0.0, scale: float = 0.0, layer=N
                          class_names=model.class_names, name=f"{model.name}+offset")
 
 
-__all__ = ["SHAM_OPTIONS", "SHAM_PAPER", "SharedOffset", "default_entropy", "distribution_entropy", "measure_entropy", "normalise",
-           "sham_loss", "sham_target", "with_shared_offset"]
+__all__ = ["SHAM_OPTIONS", "SHAM_PAPER", "SharedOffset", "default_entropy", "distribution_entropy", "measure_entropy",
+           "normalise", "sham_loss", "sham_target", "with_shared_offset"]
