@@ -69,12 +69,21 @@ def test_softmax_weights_sum_to_one():
 
 def test_polarity_rule(model, data):
     base = ame.ame_maps(model, data["image"], data["label"])["ame"]
-    assert not ame.polarity(model)
+    assert ame.polarity(model) == (False, False)
     same, info = ame.decide_polarity(model, data["image"], base > 0.5, data["label"])
-    assert info["invert"] is False and not ame.polarity(same) and info["dice"] >= info["dice_inverted"]
-    flipped, info = ame.decide_polarity(model, data["image"], base <= 0.5, data["label"])
-    assert info["invert"] is True and ame.polarity(flipped) and info["dice_inverted"] > info["dice"]
+    assert (info["invert"], info["invert_agg"]) == (False, False) and ame.polarity(same) == (False, False)
+    assert info["dice"][(False, False)] == max(info["dice"].values()) and len(info["dice"]) == 4
+    flipped, info = ame.decide_polarity(model, data["image"], base <= 0.5, data["label"], agg=False)  # spec's rule
+    assert info["invert"] is True and ame.polarity(flipped) == (True, False)
+    assert info["dice"][(True, False)] > info["dice"][(False, False)] and len(info["dice"]) == 2
     np.testing.assert_allclose(ame.ame_maps(flipped, data["image"], data["label"])["ame"], 1 - base, atol=1e-6)
+    # invert_agg: 1 - M_agg enters the mean of the exits' maps
+    m = ame.with_polarity(model, False, True)
+    x = model.preprocess(data["image"])
+    _, seen = jax.jit(lambda p, v: tap_values(m.tapped.apply, p, v, ("exit1", "exit2", ame.AGG_SITE, ame.MAP_SITE)))(
+        m.params, x)
+    up = sum(jax.image.resize(seen[s], seen[ame.AGG_SITE].shape, "bilinear") for s in ("exit1", "exit2"))
+    np.testing.assert_allclose(seen[ame.MAP_SITE], ame.minmax((up + 1 - seen[ame.AGG_SITE]) / 3), atol=1e-5)
 
 
 def test_contrastive_loss_hand_cases():
@@ -169,11 +178,11 @@ def test_aggregator_is_dead_code_unless_recorded(model):
 
 
 def test_save_load_round_trip_and_errors(model, data, tmp_path):
-    trained = ame.with_polarity(model, True)
+    trained = ame.with_polarity(model, True, True)
     path = ame.save_ame(trained, tmp_path / "ame")
     back = ame.load_ame(path)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), trained.params, back.params))
-    assert ame.polarity(back) and back.class_names == trained.class_names and back.input_size == SIZE
+    assert ame.polarity(back) == (True, True) and back.class_names == trained.class_names and back.input_size == SIZE
     np.testing.assert_array_equal(ame.ame_maps(back, data["image"], data["label"])["ame"],
                                   ame.ame_maps(trained, data["image"], data["label"])["ame"])
     ame.save_ame(back, path)  # replacing an earlier save works

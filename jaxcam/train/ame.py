@@ -16,7 +16,9 @@ Per class ``c`` (``U``: bilinear resize to the input, ``N``: min-max over the im
 
     a(p)   = softmax_i( agg( g * N(U(m_1^c)), ..., g * N(U(m_E^c)) ) )        per-pixel exit weights, sum_i a_i = 1
     M_agg  = sum_i a_i * U(m_i^c)                                              the aggregated map (raw exit maps)
-    final  = N( mean(U(m_1^c), ..., U(m_E^c), M_agg) ),  then 1 - final if the polarity flag says so
+    final  = N( mean(U(m_1^c), ..., U(m_E^c), M'_agg) ),  then 1 - final if the polarity flag ``invert`` says so
+
+with ``M'_agg = M_agg``, or ``1 - M_agg`` if the flag ``invert_agg`` says so ([ours], see Polarity).
 
 ``agg`` is 3 x [3x3 conv 32 + norm + ReLU] then a 3x3 conv to E. [ours] the norm is InstanceNorm (the paper's
 aggregator uses BatchNorm, its encoder InstanceNorm): ``jaxcam.train.fit`` trains in evaluation mode, where a
@@ -24,10 +26,15 @@ BatchNorm would never update its statistics, and a per-image norm keeps each map
 the paper's last conv carries BatchNorm + ReLU before the softmax; here it is a plain conv plus a learned per-exit
 prior (a parameter, not a conv bias, so FullGrad's bias sites stay those of the classifier).
 
-Polarity. The contrastive loss below does not say which side is the object, and the paper's code inverts its final
-map (``1 - map``). The spec says to decide on validation data: :func:`decide_polarity` keeps the orientation whose
-Dice at 0.5 against the masks is higher and stores it in the variables (collection ``ame_state``, ``invert`` 0 or
-1), so the decision travels with the model and its checkpoint, and the forward stays one compiled program.
+Polarity. The contrastive loss below does not say which side is the object: it treats ``M_agg`` and ``1 - M_agg``
+alike (one is the foreground mask, the other the background's), and the paper's code inverts its final map
+(``1 - map``). The spec says to decide on validation data: keep the orientation of the final map whose Dice at 0.5
+against the masks is higher (``invert``). In the paper every exit is a one-channel BCE map whose side is as free as
+``M_agg``'s; here [ours] the exits are class-evidence maps trained with cross-entropy, high on the class's
+evidence, while ``M_agg``'s side is still free, so averaging them can cancel the object out. :func:`decide_polarity`
+therefore decides both flags on validation Dice (the spec's rule is ``invert_agg=False``, ``agg=False`` there),
+and stores them in the variables (collection ``ame_state``), so the decision travels with the model and its
+checkpoint, and the forward stays one compiled program.
 
 Training (three phases in the paper):
 
@@ -126,6 +133,8 @@ class Aggregator(nn.Module):
         z = z + self.param("exit_prior", nn.initializers.zeros, (e,)).reshape(1, 1, 1, e)
         a = jnp.moveaxis(jax.nn.softmax(z, axis=-1).reshape(n, c, h, w, e), 1, 3)                # (N, H, W, C, E)
         agg = WeightedSum(name="agg")(a, up)
+        flip_agg = self.variable(STATE, "invert_agg", lambda: jnp.zeros((), jnp.float32)).value
+        agg = flip_agg * (1.0 - agg) + (1.0 - flip_agg) * agg
         final = minmax((jnp.sum(up, axis=-1) + agg) / (e + 1))
         invert = self.variable(STATE, "invert", lambda: jnp.zeros((), jnp.float32)).value
         return invert * (1.0 - final) + (1.0 - invert) * final
@@ -320,7 +329,8 @@ def train_aggregator(model, data, *, steps: int = 300, alpha: float = 0.25, **fi
 
 def ame_maps(model, images, labels, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Every map AME-CAM has for the labelled class of ``images`` (N, S, S, 3) in [0, 1], at input size:
-    ``exit<i>`` (``N(U(m_i))``), ``agg`` (``N(M_agg)``) and ``ame`` (the final map, polarity applied), (N, S, S).
+    ``exit<i>`` (``N(U(m_i))``), ``agg`` (``N(M_agg)``, as learned) and ``ame`` (the final map, polarity applied),
+    (N, S, S).
     Read through the tapped forward in one jitted program per batch shape."""
     module = ame_module(model)
     names = exit_names(len(module.widths))
@@ -359,32 +369,43 @@ def dice(maps, masks, threshold: float = 0.5) -> np.ndarray:
     return np.where(total > 0, 2.0 * inter / np.maximum(total, 1), 1.0)
 
 
-def polarity(model) -> bool:
-    """Whether the model's final map is inverted (``1 - map``), as decided by :func:`decide_polarity`."""
-    return bool(np.asarray(model.params[STATE][MAP_SITE]["invert"]) > 0.5)
+def polarity(model) -> tuple[bool, bool]:
+    """``(invert, invert_agg)``: whether the final map is ``1 - map`` and whether ``1 - M_agg`` enters it, as
+    :func:`decide_polarity` decided."""
+    state = model.params[STATE][MAP_SITE]
+    return bool(np.asarray(state["invert"]) > 0.5), bool(np.asarray(state["invert_agg"]) > 0.5)
 
 
-def with_polarity(model, invert: bool):
-    """The model with the polarity flag set (a variable: no recompilation)."""
+def with_polarity(model, invert: bool, invert_agg: bool = False):
+    """The model with the polarity flags set (variables: no recompilation)."""
     params = dict(model.params)
-    params[STATE] = {MAP_SITE: {"invert": jnp.asarray(1.0 if invert else 0.0, jnp.float32)}}
+    params[STATE] = {MAP_SITE: {"invert": jnp.asarray(float(bool(invert)), jnp.float32),
+                                "invert_agg": jnp.asarray(float(bool(invert_agg)), jnp.float32)}}
     return model.with_params(params)
 
 
-def decide_polarity(model, images, masks, labels, threshold: float = 0.5, batch_size: int = 64):
-    """The spec's rule: on validation ``images`` with ``masks``, keep the orientation of the final map whose mean
-    Dice at ``threshold`` (for the labelled class) is higher; inverting wins only when strictly better.
+def decide_polarity(model, images, masks, labels, *, agg: bool = True, threshold: float = 0.5,
+                    batch_size: int = 64):
+    """The polarity rule on validation ``images`` with ``masks``: among the orientations, keep the one whose mean
+    Dice at ``threshold`` (final map of the labelled class against the mask) is highest; a flip wins only when
+    strictly better, the final map's flip (the spec's rule) before ``M_agg``'s. ``agg=False``: the spec's rule
+    alone (the final map's orientation, ``M_agg`` as learned).
 
-    Returns ``(model with the decision stored, {"dice": Dice as is, "dice_inverted": Dice of 1 - map,
-    "invert": bool})``."""
+    Returns ``(model with the decision stored, {"dice": {(invert, invert_agg): Dice}, "invert": bool,
+    "invert_agg": bool})``."""
     masks = np.asarray(masks, bool)
     if masks.shape != np.shape(images)[:3]:
         raise InvalidArgumentError(f"masks must be (N, S, S) for images {np.shape(images)}, got {masks.shape}")
-    plain = with_polarity(model, False)
-    final = ame_maps(plain, images, labels, batch_size)["ame"]
-    d, d_inv = float(np.mean(dice(final, masks, threshold))), float(np.mean(dice(1.0 - final, masks, threshold)))
-    invert = d_inv > d
-    return with_polarity(model, invert), {"dice": d, "dice_inverted": d_inv, "invert": invert}
+    scores = {}
+    for flip_agg in ((False, True) if agg else (False,)):
+        final = ame_maps(with_polarity(model, False, flip_agg), images, labels, batch_size)["ame"]
+        for invert in (False, True):
+            scores[(invert, flip_agg)] = float(np.mean(dice(1.0 - final if invert else final, masks, threshold)))
+    best = (False, False)
+    for k in ((True, False), (False, True), (True, True)):
+        if k in scores and scores[k] > scores[best]:
+            best = k
+    return with_polarity(model, *best), {"dice": scores, "invert": best[0], "invert_agg": best[1]}
 
 
 # ---------------------------------------------------------------------------------------------------- save / load
@@ -452,7 +473,8 @@ def load_ame(path):
     try:
         config = json.loads(meta.read_text())
         if config.get("format") != FORMAT:
-            raise KeyError("format")
+            raise CheckpointError(f"{where}: ame.json is not an AME-CAM description (format "
+                                  f"{config.get('format')!r}, expected {FORMAT!r}); pass a folder written by save_ame")
         arch = dict(num_classes=int(config["num_classes"]), widths=tuple(int(w) for w in config["widths"]),
                     features=int(config["features"]), mean=tuple(config["mean"]), std=tuple(config["std"]))
         size, files, entries = int(config["input_size"]), dict(config["files"]), list(config["parameters"])
