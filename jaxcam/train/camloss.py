@@ -8,7 +8,10 @@ target's features and suppresses the rest (background, other classes):
     L = CE(f(x), y) + alpha * mean_ij | N(CAAM)_ij - N(sg[CAM_y])_ij |,    N(M) = (M - min M) / (max M - min M)
 
 with per-map min-max normalisation ``N`` (the two maps live on different scales), an L1 distance averaged over
-the grid and the batch, and ``sg`` a stop-gradient: the CAM is the *target* and only the CAAM is pulled [paper].
+the grid and the batch, and ``sg`` a stop-gradient: the CAM is the *target* and only the CAAM is pulled. The
+normalisation and the distance are as in the public re-implementation sihyeong671/PyTorch_CAM-loss (the paper's
+method text was not available to us); the detached target follows the paper's description of the CAM as the
+CAAM's supervision.
 
 **ReCAM** (Chen, Wang, Wu, Hua, Zhang, Sun, "Class Re-Activation Maps for Weakly-Supervised Semantic
 Segmentation", CVPR 2022). A classifier trained with binary cross-entropy (BCE) under-activates and mixes classes,
@@ -85,7 +88,7 @@ def cam_loss(params, batch, key, ctx: LossContext, alpha: float = 1.0):
 
     ``CAM_y`` is the Grad-CAM of the label (= CAM / (h w) on GAP + FC heads), detached, so the term's gradient
     reaches the backbone through the CAAM only and never the classifier. ``alpha`` >= 0 [ours: default 1; the
-    paper tunes it per dataset]. One forward and one backward to the layer (the backward is not differentiated:
+    paper's values were not checked]. One forward and one backward to the layer (the backward is not differentiated:
     the step stays first order). aux: ``accuracy``, ``ce``, ``cam_loss`` (the unweighted term)."""
     del key
     alpha = _weight("alpha", alpha)
