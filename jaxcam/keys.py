@@ -25,3 +25,11 @@ def as_key(key, name: str = "key") -> jax.Array:
             return jax.random.wrap_key_data(key)
     raise InvalidArgumentError(f"{name} must be an int seed or a jax.random.key(...), got {type(key).__name__} "
                                f"{key!r}"[:300])
+
+
+def init_key(key) -> jax.Array:
+    """A key for initialising parameters: an RBG key (XLA's RngBitGenerator) whose state is drawn from ``key``
+    (an int seed or a key, as :func:`as_key`). On a CPU a network's initialiser compiles several times faster with
+    it than with threefry keys (the ReferenceCNN: about 6x), which every fresh process pays. The same key gives
+    the same bits on one backend (RBG streams may differ between CPU and GPU)."""
+    return jax.random.wrap_key_data(jax.random.bits(as_key(key), (4,), jnp.uint32), impl="rbg")

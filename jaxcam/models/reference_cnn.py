@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ..keys import as_key
+from ..keys import init_key
 
 
 class ConvStage(nn.Module):
@@ -46,7 +46,8 @@ class ReferenceCNN(nn.Module):
 
 def reference_model(key=0, *, num_classes: int = 4, size: int = 48, widths: Sequence[int] = (16, 32, 64),
                     variables=None, name: str = "reference-cnn"):
-    """A :class:`jaxcam.Model` of :class:`ReferenceCNN`: freshly initialised from ``key``, or holding
+    """A :class:`jaxcam.Model` of :class:`ReferenceCNN`: freshly initialised from ``key`` (through
+    :func:`jaxcam.keys.init_key`), or holding
     ``variables`` (a trained ``{"params": ...}``). Inputs are normalised with mean = std = 0.5; the default CAM
     layer is the last stage."""
     from ..synthetic import SYNTHETIC_CLASSES
@@ -54,7 +55,8 @@ def reference_model(key=0, *, num_classes: int = 4, size: int = 48, widths: Sequ
 
     module = ReferenceCNN(num_classes, tuple(widths))
     if variables is None:
-        variables = module.init(as_key(key), jnp.zeros((1, size, size, 3), jnp.float32))
+        # jitted with an RBG key: flax's eager init runs op by op, and threefry's initialisers compile slowly
+        variables = jax.jit(module.init)(init_key(key), jnp.zeros((1, size, size, 3), jnp.float32))
     variables = jax.tree.map(jnp.asarray, dict(variables))
     names = SYNTHETIC_CLASSES[:num_classes] if num_classes <= len(SYNTHETIC_CLASSES) else None
     return from_linen(module, variables, input_size=size, mean=(0.5,) * 3, std=(0.5,) * 3, default_layer="stage3",
