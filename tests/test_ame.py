@@ -16,7 +16,6 @@ import pytest
 
 import jaxcam
 from jaxcam.errors import CheckpointError, UnknownLayerError
-from jaxcam.synthetic import synthetic_arrays
 from jaxcam.train import ame
 from jaxcam.train.losses import LOSSES, LossContext, cross_entropy, tap_values
 
@@ -28,9 +27,16 @@ def model():
     return ame.ame_model(0, num_classes=C, size=SIZE, widths=(4, 8), features=4)
 
 
+def arrays(seed, n):
+    """Random images in [0, 1] and labels (NumPy: no PRNG program to compile; the maps need no real objects)."""
+    rng = np.random.default_rng(seed)
+    return {"image": rng.uniform(size=(n, SIZE, SIZE, 3)).astype(np.float32),
+            "label": rng.integers(0, C, n).astype(np.int32)}
+
+
 @pytest.fixture(scope="module")
 def data():
-    return synthetic_arrays(3, 6, size=SIZE, num_classes=C)
+    return arrays(3, 6)
 
 
 def test_shapes_sites_and_layers(model, data):
@@ -52,7 +58,7 @@ def test_softmax_weights_sum_to_one():
     agg = ame.Aggregator(features=4)
     x = jax.random.normal(jax.random.key(1), (2, SIZE, SIZE, 3))
     ones = tuple(jnp.ones((2, s, s, C)) for s in (16, 8, 4))
-    variables = jax.jit(agg.init)(jax.random.key(0), x, ones)
+    variables = jax.jit(agg.init)(ame.init_key(0), x, ones)
     variables = jax.tree.map(lambda a: a + 0.3, variables)  # non-trivial weights and prior
 
     @jax.jit
@@ -139,7 +145,7 @@ def test_multi_exit_loss_weights(model, data):
 
 
 def test_phases_train_the_right_parameters(model, data):
-    tr = synthetic_arrays(4, 16, size=SIZE, num_classes=C)
+    tr = arrays(4, 16)
     r2 = ame.train_exits(model, tr, steps=2, batch_size=8, progress=False)
     p0, p2 = model.params["params"], r2.model.params["params"]
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), p0["ame"], p2["ame"]))
