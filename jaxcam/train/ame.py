@@ -29,11 +29,11 @@ prior (a parameter, not a conv bias, so FullGrad's bias sites stay those of the 
 Polarity. The contrastive loss below does not say which side is the object: it treats ``M_agg`` and ``1 - M_agg``
 alike (one is the foreground mask, the other the background's), and the paper's code inverts its final map
 (``1 - map``). The spec says to decide on validation data: keep the orientation of the final map whose Dice at 0.5
-against the masks is higher (``invert``). In the paper every exit is a one-channel BCE map whose side is as free as
-``M_agg``'s; here [ours] the exits are class-evidence maps trained with cross-entropy, high on the class's
-evidence, while ``M_agg``'s side is still free, so averaging them can cancel the object out. :func:`decide_polarity`
-therefore decides both flags on validation Dice (the spec's rule is ``invert_agg=False``, ``agg=False`` there),
-and stores them in the variables (collection ``ame_state``), so the decision travels with the model and its
+against the masks is higher (``invert``). The paper's code also shows each exit's map inverted, which suggests
+its exits mark the object low like its final map: one orientation throughout. Here [ours] the exits are
+class-evidence maps trained with cross-entropy, high on the class's evidence, while ``M_agg``'s side is still
+free, so averaging them can cancel the object out: :func:`decide_polarity` therefore decides both flags on
+validation Dice (the spec's rule is ``invert_agg=False``, ``agg=False`` there), and stores them in the variables (collection ``ame_state``), so the decision travels with the model and its
 checkpoint, and the forward stays one compiled program.
 
 Training (three phases in the paper):
