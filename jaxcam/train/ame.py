@@ -33,8 +33,9 @@ against the masks is higher (``invert``). The paper's code also shows each exit'
 its exits mark the object low like its final map: one orientation throughout. Here [ours] the exits are
 class-evidence maps trained with cross-entropy, high on the class's evidence, while ``M_agg``'s side is still
 free, so averaging them can cancel the object out: :func:`decide_polarity` therefore decides both flags on
-validation Dice (the spec's rule is ``invert_agg=False``, ``agg=False`` there), and stores them in the variables (collection ``ame_state``), so the decision travels with the model and its
-checkpoint, and the forward stays one compiled program.
+validation Dice (the spec's rule is ``invert_agg=False``, ``agg=False`` there), and stores them in the variables
+(collection ``ame_state``), so the decision travels with the model and its checkpoint, and the forward stays one
+compiled program.
 
 Training (three phases in the paper):
 
