@@ -16,6 +16,7 @@ import pytest
 
 import jaxcam
 from jaxcam.errors import CheckpointError, UnknownLayerError
+from jaxcam.keys import init_key
 from jaxcam.train import ame
 from jaxcam.train.losses import LOSSES, LossContext, cross_entropy, tap_values
 
@@ -58,7 +59,7 @@ def test_softmax_weights_sum_to_one():
     agg = ame.Aggregator(features=4)
     x = jax.random.normal(jax.random.key(1), (2, SIZE, SIZE, 3))
     ones = tuple(jnp.ones((2, s, s, C)) for s in (16, 8, 4))
-    variables = jax.jit(agg.init)(ame.init_key(0), x, ones)
+    variables = jax.jit(agg.init)(init_key(0), x, ones)
     variables = jax.tree.map(lambda a: a + 0.3, variables)  # non-trivial weights and prior
 
     @jax.jit
