@@ -44,9 +44,10 @@ def rest(logits, c):
 def _logit_difference(logits, c, weights: str = "softmax"):
     others = jnp.arange(logits.shape[0]) != c
     if weights == "softmax":
-        p = jax.lax.stop_gradient(jax.nn.softmax(logits))
-        w = jnp.where(others, p, 0.0)
-        w = w / jnp.maximum(w.sum(), 1e-12)
+        # p_j / (1 - p_c) computed as a softmax over the alternatives alone: the same value, but it sums to 1 to
+        # float precision however far y_c leads (1 - p_c underflows once the lead passes about 17 in float32, and
+        # weights that no longer sum to 1 let a shared offset back into the score)
+        w = jax.lax.stop_gradient(jax.nn.softmax(jnp.where(others, logits, -jnp.inf)))
     elif weights == "uniform":
         w = others / (logits.shape[0] - 1)
     elif weights == "hardest":

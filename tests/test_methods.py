@@ -181,6 +181,18 @@ def test_diffgradcam_ignores_a_shared_logit_offset():
     assert not np.allclose(a["gradcam"][0], b["gradcam"][0], rtol=1e-2)
 
 
+@pytest.mark.parametrize("gap", [5.0, 30.0, 80.0])
+def test_logit_difference_cancels_a_shared_offset_however_confident(gap):
+    """The contrastive weights sum to 1 even when the explained class leads by far (a trained model): written as
+    p_j / (1 - p_c) they underflowed once 1 - p_c did, and a shared offset leaked back (0.72 at a lead of 30)."""
+    from jaxcam.targets import resolve
+
+    score = resolve("logit_difference")
+    y = jnp.asarray([gap, 0.5, -1.0, 0.0])
+    assert float(jax.grad(lambda o: score(y + o, 0))(0.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(jax.grad(lambda o: score(y + o, 2))(0.0)) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_faster_scorecam_with_all_channels_is_scorecam():
     model, x = toy_model(), toy_input()
     both = explain(model, x, ["scorecam", "faster_scorecam"], layer="relu", preprocessed=True, raw=True,
