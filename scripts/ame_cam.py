@@ -20,7 +20,6 @@ into ``--out``: per seed and map, then means with 95 % Student-t intervals over 
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -28,35 +27,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcam.metrics.localisation import iou, pointing_game
-from jaxcam.synthetic import synthetic_arrays
 from jaxcam.table import Table
 from jaxcam.train import ame
-from jaxcam.train.assess import THRESHOLDS, localisation, mean_interval, predict_accuracy
+from jaxcam.train.assess import (THRESHOLDS, experiment_data, experiment_parser, localisation, mean_interval,
+                                 predict_accuracy)
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("pointing_game", "iou_best", "dice_05")
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, few steps, few images")
-    p.add_argument("--seeds", type=int, default=3)
+    p = experiment_parser(__doc__.splitlines()[0], ROOT / "scripts" / "results")
     p.add_argument("--steps", type=int, default=800, help="phase 2 (multi-exit) steps")
     p.add_argument("--agg-steps", type=int, default=100, help="phase 3 (aggregator) steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--agg-batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=3e-3)
     p.add_argument("--agg-learning-rate", type=float, default=1e-3)
-    p.add_argument("--classes", type=int, default=4)
-    p.add_argument("--size", type=int, default=48)
-    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
     p.add_argument("--features", type=int, default=32, help="the aggregator's width (the paper's 32)")
-    p.add_argument("--train-images", type=int, default=4096)
     p.add_argument("--val-images", type=int, default=256, help="held out of the training split: the polarity")
-    p.add_argument("--test-images", type=int, default=512)
-    p.add_argument("--dataset", default="synthetic", help="'synthetic' or tfds:NAME (train split; test: --test-split)")
-    p.add_argument("--test-split", default="validation")
-    p.add_argument("--out", type=Path, default=ROOT / "scripts" / "results")
     a = p.parse_args(argv)
     if a.quick:
         a.seeds, a.steps, a.agg_steps, a.train_images, a.val_images, a.test_images = 1, 30, 5, 256, 32, 32
@@ -65,15 +54,9 @@ def parse(argv=None):
 
 def data(args, seed):
     """(train, validation, test) dicts of arrays; validation is the training split's last ``val_images`` items."""
-    if args.dataset == "synthetic":
-        both = synthetic_arrays(seed, args.train_images + args.val_images, size=args.size, num_classes=args.classes)
-        test = synthetic_arrays(seed, args.test_images, size=args.size, num_classes=args.classes, split="test")
-    else:
-        from jaxcam.train.pipeline import load_data
-
-        name = args.dataset
-        both = load_data(name if ":" in name[5:] else f"{name}:train", args.size, args.classes)
-        test = load_data(f"{name}:{args.test_split}", args.size, args.classes)
+    both, test = experiment_data(args.dataset, seed, train_images=args.train_images + args.val_images,
+                                 test_images=args.test_images, size=args.size, num_classes=args.classes,
+                                 test_split=args.test_split)
     n = len(both["label"]) - args.val_images
     return ({k: v[:n] for k, v in both.items()}, {k: v[n:] for k, v in both.items()}, test)
 

@@ -25,7 +25,6 @@ Student-t intervals over seeds, and each method's paired difference from CE per 
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -36,7 +35,8 @@ import jaxcam
 from jaxcam.synthetic import synthetic_arrays
 from jaxcam.table import Table
 from jaxcam.train import fit
-from jaxcam.train.assess import localisation, mean_interval, predict_accuracy
+from jaxcam.train.assess import (experiment_data, experiment_parser, localisation, mean_interval,
+                                 predict_accuracy)
 from jaxcam.train.camloss import RECAM_HEAD, recam_model, with_recam_head
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,24 +46,14 @@ METRICS = ("accuracy", "pointing_game", "iou_best", "flat_maps", "accuracy_iid",
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, few steps, few images")
-    p.add_argument("--seeds", type=int, default=3)
+    p = experiment_parser(__doc__.splitlines()[0], ROOT / "scripts" / "results")
     p.add_argument("--phase1-steps", type=int, default=300, help="CE steps before ReCAM's fine-tuning")
     p.add_argument("--phase2-steps", type=int, default=100, help="ReCAM's (and CE's control) fine-tuning steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--learning-rate", type=float, default=3e-3)
     p.add_argument("--alpha", type=float, default=1.0, help="CAM-loss weight")
     p.add_argument("--lam", type=float, default=1.0, help="ReCAM's SCE weight (the authors' default)")
-    p.add_argument("--classes", type=int, default=4)
-    p.add_argument("--size", type=int, default=48)
-    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
-    p.add_argument("--train-images", type=int, default=4096)
-    p.add_argument("--test-images", type=int, default=512)
     p.add_argument("--settings", nargs="+", default=["clutter", "spurious"], choices=["clutter", "spurious"])
-    p.add_argument("--dataset", default="synthetic", help="'synthetic' or tfds:NAME (train split; test: --test-split)")
-    p.add_argument("--test-split", default="validation")
-    p.add_argument("--out", type=Path, default=ROOT / "scripts" / "results")
     a = p.parse_args(argv)
     if a.quick:
         a.seeds, a.phase1_steps, a.phase2_steps, a.train_images, a.test_images = 1, 20, 10, 256, 32
@@ -75,17 +65,14 @@ def parse(argv=None):
 
 def data(args, setting, seed):
     """(train, test, iid): iid holds training-distribution images (cue predictive) for the spurious setting."""
-    if args.dataset == "synthetic":
-        kw = dict(size=args.size, num_classes=args.classes, spurious=setting == "spurious")
-        train = synthetic_arrays(seed, args.train_images, **kw)
-        test = synthetic_arrays(seed, args.test_images, split="test", **kw)
-        iid = synthetic_arrays(seed + 1000, args.test_images, **kw) if setting == "spurious" else None
-        return train, test, iid
-    from jaxcam.train.pipeline import load_data
-
-    name = args.dataset
-    train = load_data(name if ":" in name[5:] else f"{name}:train", args.size, args.classes)
-    return train, load_data(f"{name}:{args.test_split}", args.size, args.classes), None
+    extra = {"spurious": setting == "spurious"} if args.dataset == "synthetic" else {}
+    train, test = experiment_data(args.dataset, seed, train_images=args.train_images, test_images=args.test_images,
+                                  size=args.size, num_classes=args.classes, test_split=args.test_split, **extra)
+    iid = None
+    if setting == "spurious":
+        iid = synthetic_arrays(seed + 1000, args.test_images, size=args.size, num_classes=args.classes,
+                               spurious=True)
+    return train, test, iid
 
 
 def recam_optimizer(lr: float):

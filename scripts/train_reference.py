@@ -13,54 +13,29 @@ intervals over seeds.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 
 import jaxcam
-from jaxcam.synthetic import synthetic_arrays
 from jaxcam.table import Table
 from jaxcam.train import fit
-from jaxcam.train.assess import localisation, mean_interval, predict_accuracy
+from jaxcam.train.assess import experiment_data, experiment_parser, localisation, mean_interval, predict_accuracy
 
 METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "eigencam", "scorecam", "ablationcam")
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, few steps, few images")
-    p.add_argument("--seeds", type=int, default=3)
+    p = experiment_parser(__doc__.splitlines()[0], ROOT / "scripts" / "results")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--learning-rate", type=float, default=3e-3)
-    p.add_argument("--classes", type=int, default=4)
-    p.add_argument("--size", type=int, default=48)
-    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
-    p.add_argument("--train-images", type=int, default=4096)
-    p.add_argument("--test-images", type=int, default=512)
-    p.add_argument("--dataset", default="synthetic", help="'synthetic' or tfds:NAME (train split; test: --test-split)")
-    p.add_argument("--test-split", default="validation")
-    p.add_argument("--out", type=Path, default=ROOT / "scripts" / "results")
     a = p.parse_args(argv)
     if a.quick:
         a.seeds, a.steps, a.train_images, a.test_images = 1, 40, 256, 32
     return a
-
-
-def data(args, seed):
-    if args.dataset == "synthetic":
-        train = synthetic_arrays(seed, args.train_images, size=args.size, num_classes=args.classes)
-        test = synthetic_arrays(seed, args.test_images, size=args.size, num_classes=args.classes, split="test")
-        return train, test
-    from jaxcam.train.pipeline import load_data
-
-    name = args.dataset
-    train = load_data(name if ":" in name[5:] else f"{name}:train", args.size, args.classes)
-    test = load_data(f"{name}:{args.test_split}", args.size, args.classes)
-    return train, test
 
 
 def main(argv=None):
@@ -68,7 +43,9 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     rows, start = [], time.perf_counter()
     for seed in range(args.seeds):
-        train, test = data(args, seed)
+        train, test = experiment_data(args.dataset, seed, train_images=args.train_images,
+                                      test_images=args.test_images, size=args.size, num_classes=args.classes,
+                                      test_split=args.test_split)
         model = jaxcam.reference_model(seed, num_classes=args.classes, size=args.size, widths=args.widths)
         t0 = time.perf_counter()
         trained = fit(model, train, steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,

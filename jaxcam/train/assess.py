@@ -4,7 +4,9 @@ intervals over seeds. Thin, batched wrappers over :func:`jaxcam.explain` and :mo
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -105,4 +107,40 @@ def pearson(a, b) -> np.ndarray:
     return np.divide((a * b).sum(1), den, out=np.zeros(len(a)), where=den > 0)
 
 
-__all__ = ["THRESHOLDS", "localisation", "map_entropy", "mean_interval", "pearson", "predict_accuracy"]
+def experiment_parser(description: str, out: Path) -> argparse.ArgumentParser:
+    """The arguments every training experiment in ``scripts/`` shares: ``--quick``, ``--seeds``, the data
+    (``--dataset synthetic`` or ``tfds:NAME``, ``--test-split``, ``--classes``, ``--size``, ``--train-images``,
+    ``--test-images``), the network's ``--widths`` and ``--out``; each script adds its own."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, few steps, few images")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--size", type=int, default=48)
+    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--train-images", type=int, default=4096)
+    p.add_argument("--test-images", type=int, default=512)
+    p.add_argument("--dataset", default="synthetic", help="'synthetic' or tfds:NAME (train split; test: --test-split)")
+    p.add_argument("--test-split", default="validation")
+    p.add_argument("--out", type=Path, default=out)
+    return p
+
+
+def experiment_data(dataset: str, seed: int, *, train_images: int, test_images: int, size: int, num_classes: int,
+                    test_split: str = "validation", **synthetic) -> tuple[dict, dict]:
+    """``(train, test)`` dicts of arrays for an experiment: the synthetic benchmark's splits drawn from ``seed``
+    (``synthetic`` options such as ``spurious=True`` passed on), or a tensorflow-datasets dataset
+    (``tfds:NAME`` reads split ``train``, or the split the spec names, and ``test_split``; no masks then)."""
+    if dataset == "synthetic":
+        from ..synthetic import synthetic_arrays
+
+        kw = dict(size=size, num_classes=num_classes, **synthetic)
+        return (synthetic_arrays(seed, train_images, **kw),
+                synthetic_arrays(seed, test_images, split="test", **kw))
+    from .pipeline import load_data
+
+    spec = dataset if dataset.count(":") >= 2 else f"{dataset}:train"
+    name = spec.rsplit(":", 1)[0]
+    return load_data(spec, size, num_classes), load_data(f"{name}:{test_split}", size, num_classes)
+
+
+__all__ = ["THRESHOLDS", "experiment_data", "experiment_parser", "localisation", "map_entropy", "mean_interval", "pearson", "predict_accuracy"]
