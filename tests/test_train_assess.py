@@ -39,3 +39,16 @@ def test_localisation_scores_a_model_and_checks_shapes():
     assert 0 <= predict_accuracy(m, d["image"], d["label"]) <= 1
     with pytest.raises(jaxcam.InvalidArgumentError, match="masks"):
         localisation(m, d["image"], d["mask"][:, :16], d["label"])
+
+
+@pytest.mark.slow
+def test_train_reference_quick_run_writes_its_tables(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_reference.py"
+    subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], check=True, timeout=600)
+    md = (tmp_path / "train_reference.md").read_text()
+    assert "| gradcam | 1 |" in md and (tmp_path / "train_reference.csv").exists()
+    assert (tmp_path / "train_reference.png").stat().st_size > 1000

@@ -5,10 +5,11 @@ differentiates through a CAM (SHAM, CAM-loss) uses exactly the maps :func:`jaxca
 """
 
 from .losses import LOSSES, CamPass, LossContext, LossSpec, accuracy, cross_entropy, gradcam_maps, tap_values
+from . import ame, assess, camloss, sham  # noqa: E402  (after losses: their registry imports them)
 from .loop import NonFiniteLossError, TrainResult, TrainState, evaluate_accuracy, fit, trainable_mask
 from .optim import OPTIMIZERS, SCHEDULES
 from .pipeline import AUGMENTATIONS
 
-__all__ = ["CamPass", "LOSSES", "LossContext", "LossSpec", "accuracy", "cross_entropy", "gradcam_maps",
+__all__ = ["ame", "assess", "camloss", "sham", "CamPass", "LOSSES", "LossContext", "LossSpec", "accuracy", "cross_entropy", "gradcam_maps",
            "tap_values", "AUGMENTATIONS", "NonFiniteLossError", "OPTIMIZERS", "SCHEDULES", "TrainResult",
            "TrainState", "evaluate_accuracy", "fit", "trainable_mask"]
