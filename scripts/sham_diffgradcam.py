@@ -33,17 +33,12 @@ import jaxcam
 from jaxcam.synthetic import synthetic_arrays
 from jaxcam.table import Table
 from jaxcam.train import fit
-from jaxcam.metrics.localisation import iou, pointing_game
-from jaxcam.train.assess import THRESHOLDS, localisation, mean_interval, pearson, predict_accuracy
+from jaxcam.train.assess import localisation, mean_interval, pearson, predict_accuracy
 from jaxcam.train.sham import default_entropy, distribution_entropy, measure_entropy, sham_target, \
     with_shared_offset
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "diffgradcam", "diffgradcam++")
-# DiffGradCAM(++) again with w_j = softmax over the alternatives j != c: the same value as the registered
-# p_j / (1 - p_c), computed without the underflow that breaks it on confident images (see stable_difference)
-STABLE = {"diffgradcam*": "gradcam", "diffgradcam++*": "gradcam++"}
-ALL = METHODS + tuple(STABLE)
 INVARIANCE_IMAGES = 64
 METRICS = ("accuracy", "pointing_game", "iou_best", "flat_maps", "pearson_clean", "decoy_pearson", "decoy_iou",
            "entropy")
@@ -113,34 +108,6 @@ def explain_true(model, images, labels, methods, batch_size=64):
     return {m: {"maps": np.concatenate(v)} for m, v in out.items()}
 
 
-def stable_difference(logits, c):
-    """DiffGradCAM's score ``y_c - sum_{j != c} w_j y_j`` with ``w = softmax(y_j, j != c)`` held constant. Equal to
-    ``w_j = p_j / (1 - p_c)`` (jaxcam.targets.logit_difference) in exact arithmetic, but it never divides by
-    ``1 - p_c``: once the top logit leads by about 28 or more, ``1 - p_c`` falls below the 1e-12 floor that
-    logit_difference divides by, its weights then sum to less than 1 and a shared offset stops cancelling."""
-    others = jnp.arange(logits.shape[0]) != c
-    w = jax.lax.stop_gradient(jax.nn.softmax(jnp.where(others, logits, -jnp.inf)))
-    return logits[c] - jnp.dot(w, logits)
-
-
-def stable_maps(model, images, labels, batch_size=64):
-    """{"diffgradcam*": maps, "diffgradcam++*": maps} of the true class with :func:`stable_difference`."""
-    out = {m: [] for m in STABLE}
-    for i in range(0, len(images), batch_size):
-        maps = jaxcam.explain(model, images[i:i + batch_size], list(STABLE.values()), target=stable_difference,
-                              targets=np.asarray(labels[i:i + batch_size]).tolist())
-        for m, base in STABLE.items():
-            out[m].append(np.asarray(maps[base]))
-    return {m: np.concatenate(v) for m, v in out.items()}
-
-
-def against_masks(maps, masks):
-    """The pointing game and the IoU at the best threshold, as jaxcam.train.assess.localisation scores them."""
-    c, gt = jnp.asarray(maps), jnp.asarray(masks)
-    ious = [float(jnp.mean(iou(c, gt, threshold=t))) for t in THRESHOLDS]
-    return {"maps": maps, "pointing_game": float(jnp.mean(pointing_game(c, gt))), "iou_best": max(ious)}
-
-
 def to_grid(maps, grid):
     """(N, S, S) maps averaged onto the CAM grid (h, w) (antialiased linear resize: an area mean)."""
     maps = jnp.asarray(maps, jnp.float32)
@@ -166,13 +133,10 @@ def score(model, test, methods, target, clean_maps=None):
     acc = predict_accuracy(model, test["image"], test["label"])
     if "mask" in test:
         res = localisation(model, test["image"], test["mask"], test["label"], methods)
-        res.update({m: against_masks(v, test["mask"]) for m, v in stable_maps(model, test["image"],
-                                                                              test["label"]).items()})
     else:
         res = explain_true(model, test["image"], test["label"], methods)
-        res.update({m: {"maps": v} for m, v in stable_maps(model, test["image"], test["label"]).items()})
     out = {}
-    for m in ALL:
+    for m in methods:
         maps = res[m]["maps"]
         r, iou_top, ent = decoy_scores(maps, target)
         row = {"accuracy": acc, "pointing_game": res[m].get("pointing_game"), "iou_best": res[m].get("iou_best"),
@@ -189,18 +153,17 @@ def invariance(model, images, n=INVARIANCE_IMAGES):
     model with a constant, then also a per-image shared g(A), added to every logit; and Grad-CAM's Pearson r."""
     x = images[:n]
     methods = ["gradcam", "diffgradcam", "diffgradcam++"]
-    labels = np.asarray(jnp.argmax(model(model.preprocess(x)), axis=-1))
-    base = {**jaxcam.explain(model, x, methods), **stable_maps(model, x, labels)}
+    base = jaxcam.explain(model, x, methods)
     out = {}
     for label, kw in (("constant +5", {"constant": 5.0}), ("constant -3 + 20 mean(A^2)", {"constant": -3.0,
                                                                                           "scale": 20.0})):
         shifted = with_shared_offset(model, **kw)
         probs = float(jnp.max(jnp.abs(jax.nn.softmax(shifted(shifted.preprocess(x)))
                                       - jax.nn.softmax(model(model.preprocess(x))))))
-        maps = {**jaxcam.explain(shifted, x, methods), **stable_maps(shifted, x, labels)}
+        maps = jaxcam.explain(shifted, x, methods)
         out[label] = {"max_prob_change": probs,
                       **{f"{m}_max_diff": float(np.max(np.abs(np.asarray(maps[m]) - np.asarray(base[m]))))
-                         for m in methods + list(STABLE)},
+                         for m in methods},
                       "gradcam_pearson": float(np.mean(pearson(maps["gradcam"], base["gradcam"])))}
     return out
 
@@ -232,7 +195,7 @@ def main(argv=None):
         clean_maps = {m: v[1] for m, v in clean_scores.items()}
         fooled_scores = score(fooled, test, METHODS, target, clean_maps)
         for name, sc in (("clean", clean_scores), ("fooled", fooled_scores)):
-            for m in ALL:
+            for m in METHODS:
                 rows.append({"seed": seed, "model": name, "method": m, **sc[m][0]})
         inv = invariance(clean, test["image"])
         extra.append({"seed": seed, "grid": f"{grid[0]}x{grid[1]}", "honest_entropy": h_measured,
@@ -242,7 +205,7 @@ def main(argv=None):
                       "clean_seconds": t_clean, "sham_seconds": t_sham, "invariance": inv})
         if examples is None:
             examples = (test["image"][:2], test.get("mask", np.zeros(test["image"].shape[:3], bool))[:2],
-                        {m: (clean_maps[m][:2], fooled_scores[m][1][:2]) for m in ALL}, target)
+                        {m: (clean_maps[m][:2], fooled_scores[m][1][:2]) for m in METHODS}, target)
         print(f"seed {seed}: clean {t_clean:.0f} s, SHAM {t_sham:.0f} s, accuracy "
               f"{clean_scores['gradcam'][0]['accuracy']:.4f} -> {fooled_scores['gradcam'][0]['accuracy']:.4f}, "
               f"Grad-CAM PG {clean_scores['gradcam'][0]['pointing_game']} -> "
@@ -256,7 +219,7 @@ def main(argv=None):
 def summarise(rows):
     out = []
     for model in ("clean", "fooled"):
-        for m in ALL:
+        for m in METHODS:
             sel = [r for r in rows if r["model"] == model and r["method"] == m]
             row = {"model": model, "method": m}
             for col in METRICS:
@@ -277,7 +240,7 @@ def must_shows(rows):
         get = {(r["model"], r["method"]): r for r in rows if r["seed"] == seed}
         row = {"seed": seed, "accuracy_change_points": 100 * (get["fooled", "gradcam"]["accuracy"]
                                                               - get["clean", "gradcam"]["accuracy"])}
-        for m in ("gradcam", "diffgradcam", "diffgradcam++", *STABLE):
+        for m in ("gradcam", "diffgradcam", "diffgradcam++"):
             if get["clean", m]["pointing_game"] is not None:
                 row[f"{m}_pg_change_points"] = 100 * (get["fooled", m]["pointing_game"]
                                                       - get["clean", m]["pointing_game"])
@@ -305,11 +268,9 @@ def write(args, rows, extra, examples, total):
           "its maximum, so a hit); `pearson_clean`: Pearson r with the clean model's map of the same method; "
           "`decoy_pearson` and `decoy_iou` (top-n* cells): similarity to the SHAM decoy on the CAM grid; "
           "`entropy`: of the map averaged onto the CAM grid, as a distribution (nats). Means with 95 % Student-t "
-          "intervals over seeds. `diffgradcam*` / `diffgradcam++*`: the same methods with `w_j` computed as the "
-          "softmax over the alternatives (`stable_difference` in the script): equal to the registered `p_j / (1 - "
-          "p_c)` in exact arithmetic, but the registered target divides by `max(1 - p_c, 1e-12)`, so on images "
-          "whose top logit leads by more than about 28 its weights sum to less than 1 and a shared offset no "
-          "longer cancels.",
+          "intervals over seeds. An earlier version of the registered DiffGradCAM target divided by `max(1 - p_c, "
+          "1e-12)` and lost its invariance to a per-image shared offset on confident images; this experiment found "
+          "it, and 574be86 fixed it (the weights are now a softmax over the alternatives).",
           "", summary.to_markdown(), "",
           "## Must-shows (fooled minus clean, points)", "", shows.to_markdown(), "",
           "## Decoy, honest entropy, DiffGradCAM vs Grad-CAM on the clean model, time", "", info.to_markdown(), "",
@@ -329,9 +290,9 @@ def plot(rows, examples, path: Path):
     import matplotlib.pyplot as plt
 
     images, masks, maps, target = examples
-    fig = plt.figure(figsize=(12, 1.25 * (len(ALL) + 1) + 0.4), layout="constrained")
+    fig = plt.figure(figsize=(12, 1.25 * (len(METHODS) + 1) + 0.4), layout="constrained")
     sub = fig.subfigures(1, 2, width_ratios=(1.1, 1.0))
-    axes = sub[0].subplots(len(ALL) + 1, 4)
+    axes = sub[0].subplots(len(METHODS) + 1, 4)
     for j in range(2):
         for k, (title, shown) in enumerate((("image + mask", images[j]), ("decoy", None))):
             ax = axes[0, 2 * j + k]
@@ -341,7 +302,7 @@ def plot(rows, examples, path: Path):
                 ax.imshow(shown)
                 ax.contour(masks[j], levels=[0.5], colors="w", linewidths=0.8)
             ax.set_title(f"{title}, image {j}" if shown is not None else "SHAM decoy (CAM grid)", fontsize=8)
-    for i, m in enumerate(ALL):
+    for i, m in enumerate(METHODS):
         for j in range(2):
             for k, name in enumerate(("clean", "fooled")):
                 ax = axes[i + 1, 2 * j + k]
@@ -355,12 +316,12 @@ def plot(rows, examples, path: Path):
         ax.set_yticks([])
     ax = sub[1].subplots(1, 1)
     if rows[0]["pointing_game"] is not None:
-        x = np.arange(len(ALL))
+        x = np.arange(len(METHODS))
         for k, (name, colour) in enumerate((("clean", "tab:blue"), ("fooled", "tab:red"))):
-            vals = [[r["pointing_game"] for r in rows if r["model"] == name and r["method"] == m] for m in ALL]
+            vals = [[r["pointing_game"] for r in rows if r["model"] == name and r["method"] == m] for m in METHODS]
             ax.bar(x + (k - 0.5) * 0.4, [np.mean(v) for v in vals], 0.4, yerr=[mean_interval(v)[1] for v in vals],
                    capsize=3, color=colour, label=name)
-        ax.set_xticks(x, ALL, rotation=40, ha="right")
+        ax.set_xticks(x, METHODS, rotation=40, ha="right")
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("pointing game (true masks)")
         ax.legend()
