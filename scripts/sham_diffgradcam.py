@@ -21,7 +21,6 @@ logit (:func:`jaxcam.train.sham.with_shared_offset`) must give the same DiffGrad
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -30,10 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxcam
-from jaxcam.synthetic import synthetic_arrays
 from jaxcam.table import Table
 from jaxcam.train import fit
-from jaxcam.train.assess import localisation, mean_interval, pearson, predict_accuracy
+from jaxcam.train.assess import (experiment_data, experiment_parser, localisation, mean_interval, pearson,
+                                 predict_accuracy)
 from jaxcam.train.sham import default_entropy, distribution_entropy, measure_entropy, sham_target, \
     with_shared_offset
 
@@ -58,9 +57,7 @@ TUNING = (
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, few steps, few images")
-    p.add_argument("--seeds", type=int, default=3)
+    p = experiment_parser(__doc__.splitlines()[0], ROOT / "scripts" / "results")
     p.add_argument("--steps", type=int, default=800, help="cross-entropy steps of the clean model")
     p.add_argument("--learning-rate", type=float, default=3e-3)
     p.add_argument("--sham-steps", type=int, default=200, help="SHAM fine-tuning steps")
@@ -69,15 +66,7 @@ def parse(argv=None):
     p.add_argument("--entropy-weight", type=float, default=0.0, help="SHAM's entropy-matching term (0: off)")
     p.add_argument("--target-entropy", choices=("measured", "paper"), default="measured")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--classes", type=int, default=4)
-    p.add_argument("--size", type=int, default=48)
-    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
-    p.add_argument("--train-images", type=int, default=4096)
-    p.add_argument("--test-images", type=int, default=512)
     p.add_argument("--entropy-images", type=int, default=512, help="training images the honest entropy is read on")
-    p.add_argument("--dataset", default="synthetic", help="'synthetic' or tfds:NAME (train split; test: --test-split)")
-    p.add_argument("--test-split", default="validation")
-    p.add_argument("--out", type=Path, default=ROOT / "scripts" / "results")
     a = p.parse_args(argv)
     if a.quick:
         a.seeds, a.steps, a.sham_steps, a.train_images, a.test_images, a.entropy_images = 1, 60, 30, 512, 32, 64
@@ -85,16 +74,8 @@ def parse(argv=None):
 
 
 def data(args, seed):
-    if args.dataset == "synthetic":
-        train = synthetic_arrays(seed, args.train_images, size=args.size, num_classes=args.classes)
-        test = synthetic_arrays(seed, args.test_images, size=args.size, num_classes=args.classes, split="test")
-        return train, test
-    from jaxcam.train.pipeline import load_data
-
-    name = args.dataset
-    train = load_data(name if ":" in name[5:] else f"{name}:train", args.size, args.classes)
-    test = load_data(f"{name}:{args.test_split}", args.size, args.classes)
-    return train, test
+    return experiment_data(args.dataset, seed, train_images=args.train_images, test_images=args.test_images,
+                           size=args.size, num_classes=args.classes, test_split=args.test_split)
 
 
 def explain_true(model, images, labels, methods, batch_size=64):
