@@ -1,0 +1,136 @@
+"""Region ablation: the substrates, the same-area random control, the per-region ranking and determinism."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcam
+from jaxcam.errors import InvalidArgumentError, MapError, UnknownNameError
+from jaxcam.metrics.ablation import ABLATIONS, ablate, random_regions, region_ablation, region_ablation_drop
+from jaxcam.regions import EmptyRegionsError
+
+S = 32
+CUE = (slice(2, 8), slice(2, 8))  # the only pixels class 0 reads
+DECOY = (slice(20, 28), slice(20, 28))
+
+
+class Probe(nn.Module):
+    """Logits linear in the pixels: class 0 = 0.5 * sum of the red channel (normalised) over CUE."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Conv(3, (1, 1), name="conv")(x)
+        return nn.Dense(4, name="head")(h.reshape(h.shape[0], -1))
+
+
+@pytest.fixture(scope="module")
+def probe():
+    module = Probe()
+    v = module.init(jax.random.key(0), jnp.zeros((1, S, S, 3)))
+    w = np.zeros((S, S, 3, 4), np.float32)
+    w[CUE[0], CUE[1], 0, 0] = 0.5
+    params = {"conv": {"kernel": jnp.eye(3).reshape(1, 1, 3, 3), "bias": jnp.zeros(3)},
+              "head": {"kernel": jnp.asarray(w.reshape(-1, 4)), "bias": jnp.zeros(4)}}
+    return jaxcam.from_linen(module, {"params": params}, input_size=S, mean=(0.5,) * 3, std=(0.5,) * 3,
+                             default_layer="conv")
+
+
+def _data(n=3):
+    images = np.full((n, S, S, 3), 0.5, np.float32)
+    images[:, CUE[0], CUE[1], 0] = 1.0
+    cams = np.zeros((n, S, S), np.float32)
+    cams[:, DECOY[0], DECOY[1]] = 1.0  # region 1: the map's favourite, which the model ignores
+    cams[:, CUE[0], CUE[1]] = 0.8  # region 2: what the model uses
+    return images, cams, np.zeros(n, np.int32)
+
+
+def test_ablations_touch_only_the_mask():
+    img = jax.random.uniform(jax.random.key(1), (S, S, 3))
+    mask = np.zeros((S, S), bool)
+    mask[10:20, 5:15] = True
+    for how in ABLATIONS:
+        out = np.asarray(ablate(img, mask, how, key=3))
+        np.testing.assert_array_equal(out[~mask], np.asarray(img)[~mask])
+        assert not np.allclose(out[mask], np.asarray(img)[mask]), how
+    flat = jnp.full((S, S, 3), 0.25)
+    np.testing.assert_allclose(ablate(flat, mask, "inpaint"), flat, atol=1e-5)
+    np.testing.assert_allclose(ablate(flat, mask, "mean"), flat, atol=1e-6)
+    np.testing.assert_array_equal(ablate(img, mask, "noise", key=3), ablate(img, mask, "noise", key=3))
+    assert not np.array_equal(ablate(img, mask, "noise", key=3), ablate(img, mask, "noise", key=4))
+
+
+def test_ablate_errors():
+    img = jnp.zeros((S, S, 3))
+    with pytest.raises(UnknownNameError, match="blur"):
+        ablate(img, np.ones((S, S), bool), "blurr")
+    with pytest.raises(MapError, match="region_mask"):
+        ablate(img, np.ones((S, S - 1), bool), "mean")
+    with pytest.raises(InvalidArgumentError, match="key"):
+        ablate(img, np.ones((S, S), bool), "noise")
+
+
+def test_random_regions_have_the_exact_area():
+    for area in (1, 37, 500):
+        m = random_regions(jax.random.key(area), jnp.asarray(area), (S, S))
+        assert int(m.sum()) == area
+
+
+def test_cue_region_ranks_first_and_beats_the_control(probe):
+    images, cams, labels = _data()
+    r = region_ablation(probe, images, cams, labels, key=0, how="mean")
+    n = len(images)
+    assert r.before.shape == r.after.shape == r.control_after.shape == (n, 4)
+    assert r.region_change.shape == (n, 5)
+    assert np.isnan(r.region_change[:, 2:]).all() and np.isfinite(r.region_change[:, :2]).all()
+    np.testing.assert_allclose(r.before.sum(axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(r.area_fraction, (64 + 36) / S ** 2)
+    np.testing.assert_array_equal(r.control_area_fraction, r.area_fraction)
+    np.testing.assert_array_equal(r.top_region, 2)  # the cue, though the map ranks it second
+    assert (r.before[:, 0] > 0.99).all()
+    assert (r.explained_change < -0.5).all()
+    assert (r.region_change[:, 1] < -0.5).all() and (np.abs(r.region_change[:, 0]) < 1e-3).all()
+    assert (r.others_change > 0.1).all()
+    np.testing.assert_allclose(r.explained_change, r.after[:, 0] - r.before[:, 0], atol=1e-6)
+    table = r.to_table()
+    assert len(table) == n and "control_explained_change" in table.columns
+
+
+def test_deterministic_with_the_key(probe):
+    images, cams, labels = _data(2)
+    a = region_ablation(probe, images, cams, labels, key=5, how="noise", batch_size=3)
+    b = region_ablation(probe, images, cams, labels, key=jax.random.key(5), how="noise", batch_size=3)
+    c = region_ablation(probe, images, cams, labels, key=6, how="noise", batch_size=3)
+    np.testing.assert_array_equal(a.after, b.after)
+    np.testing.assert_array_equal(a.control_after, b.control_after)
+    assert not np.array_equal(a.after, c.after)
+
+
+def test_blob_maps_shapes_and_metric(probe):
+    model = probe
+    images = np.asarray(jax.random.uniform(jax.random.key(2), (2, S, S, 3)))
+    yy, xx = np.mgrid[:S, :S]
+    cams = np.stack([np.exp(-((yy - 8) ** 2 + (xx - 20) ** 2) / 30.0), np.exp(-((yy - 24) ** 2 + (xx - 9) ** 2) / 50.0)])
+    r = region_ablation(model, images, cams, [1, 2], key=0, how="blur", top=0.1, max_regions=3)
+    assert r.region_change.shape == (2, 3) and r.top_region.shape == (2,)
+    np.testing.assert_array_equal(r.control_area_fraction, r.area_fraction)
+    assert all(1 <= t <= rg.count for t, rg in zip(r.top_region, r.regions))
+    drop = region_ablation_drop(model, model.preprocess(images), cams, [1, 2], how="blur", top=0.1, max_regions=3)
+    np.testing.assert_allclose(drop, -r.explained_change, atol=1e-6)
+
+
+def test_region_ablation_errors(probe):
+    images, cams, labels = _data(2)
+    with pytest.raises(UnknownNameError, match="inpaint"):
+        region_ablation(probe, images, cams, labels, how="inpaintt")
+    with pytest.raises(MapError, match="cams"):
+        region_ablation(probe, images, cams[:, :-1], labels)
+    with pytest.raises(InvalidArgumentError, match="input size"):
+        region_ablation(probe, images[:, :-1], cams, labels)
+    with pytest.raises(InvalidArgumentError, match="labels"):
+        region_ablation(probe, images, cams, [0, 7])
+    with pytest.raises(InvalidArgumentError, match="batch_size"):
+        region_ablation(probe, images, cams, labels, batch_size=0)
+    with pytest.raises(EmptyRegionsError, match="threshold"):
+        region_ablation(probe, images, cams * 0.1, labels)
