@@ -15,6 +15,7 @@ Statistics: :mod:`.statistics` (Friedman with Nemenyi, Wilcoxon-Holm, Kruskal-Wa
 ("model"), ``(model, x, method, targets=None)`` ("method"), ``(maps, masks)`` ("masks") or ``(maps)`` ("maps").
 """
 
+from .ablation import ABLATIONS, ablate, region_ablation, region_ablation_drop
 from .complexity import entropy, sparseness
 from .confidence import (average_drop, cam_mult_confidence_change, faithfulness_correlation, increase_in_confidence,
                          relative_confidence_drop)
@@ -45,4 +46,5 @@ __all__ = [
     "hog_spearman", "independent_randomisation", "normalised_l1", "pearson", "randomise", "spearman", "spearman_abs",
     "ssim", "stage_parameters", "topk_iou", "ROBUSTNESS_SIMILARITIES", "quickshift_regions", "rbo", "rbo_regions",
     "region_scores", "robustness_similarity", "robustness_summary", "summary_table",
+    "ABLATIONS", "ablate", "region_ablation", "region_ablation_drop",
 ]
