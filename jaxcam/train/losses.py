@@ -124,6 +124,8 @@ def _no_tap(site, a):
 from .sham import SHAM_OPTIONS, SHAM_PAPER, sham_loss  # noqa: E402
 from .camloss import CAM_LOSS_PAPER, RECAM_PAPER, cam_loss, recam_loss  # noqa: E402
 from .ame import aggregation_loss, multi_exit_loss  # noqa: E402
+from .adversarial import (PART_OPTIONS, PART_PAPER, PGD_AT_OPTIONS, PGD_AT_PAPER, part_loss,  # noqa: E402
+                          pgd_at_loss)
 
 LOSSES: dict[str, LossSpec] = {
     "cross_entropy": LossSpec("cross_entropy", ce_loss, ("label_smoothing",), False, "softmax cross-entropy"),
@@ -133,6 +135,8 @@ LOSSES: dict[str, LossSpec] = {
     "ame_exits": LossSpec("ame_exits", multi_exit_loss, ("weights",), False, "AME-CAM exits, Chen et al. MICCAI 2023"),
     "ame_aggregation": LossSpec("ame_aggregation", aggregation_loss, ("alpha", "mean", "std"), False,
                                 "AME-CAM SimMax/SimMin aggregation, Chen et al. MICCAI 2023"),
+    "pgd_at": LossSpec("pgd_at", pgd_at_loss, PGD_AT_OPTIONS, False, PGD_AT_PAPER),
+    "part": LossSpec("part", part_loss, PART_OPTIONS, True, PART_PAPER),
 }
 
 __all__ = ["CamPass", "LOSSES", "LossContext", "LossSpec", "accuracy", "ce_loss", "cross_entropy", "gradcam_maps",
