@@ -1,5 +1,10 @@
 """PGD-AT and PART (jaxcam.train.adversarial): the attack stays in its (per-pixel) budget and in [0, 1], PART with
-eps_low = eps is PGD-AT bit for bit, determinism, gradients, the CAM budget, typed errors, and a fit smoke run."""
+eps_low = eps is PGD-AT bit for bit, determinism, gradients, the CAM budget, typed errors, a fit smoke run, and a
+smoke run of scripts/part_vs_pgdat.py (slow)."""
+
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +26,7 @@ M = jnp.asarray(MODEL.mean, jnp.float32).reshape(1, 1, 1, 3)
 S = jnp.asarray(MODEL.std, jnp.float32).reshape(1, 1, 1, 3)
 PIXELS = jnp.asarray(DATA["image"])
 BATCH = {"image": (PIXELS - M) / S, "label": jnp.asarray(DATA["label"])}
-OPTS = {"eps": 8 / 255, "alpha": 2 / 255, "steps": 2}
+OPTS = {"eps": 8 / 255, "alpha": 2 / 255, "steps": 1}
 
 
 def _no_tap(site, a):
@@ -36,7 +41,7 @@ def _graded(fn, **extra):
 PGD_AT = _graded(pgd_at_loss)
 PART_FULL = jax.jit(lambda p, k: part_loss(p, BATCH, k, CTX, eps_low=OPTS["eps"], **OPTS))
 PART_ZERO = _graded(part_loss, eps_low=0.0)
-ATTACK = jax.jit(lambda x, y, k, b: pgd_attack(MODEL.tapped.apply, MODEL.params, x, y, k, b, alpha=2 / 255, steps=3,
+ATTACK = jax.jit(lambda x, y, k, b: pgd_attack(MODEL.tapped.apply, MODEL.params, x, y, k, b, alpha=2 / 255, steps=2,
                                                mean=M, std=S))
 
 
@@ -127,3 +132,14 @@ def test_registered_and_trains_through_fit_and_robust_accuracy():
     assert abs(robust - clean) < 1e-6  # a (near) zero budget changes no prediction
     with pytest.raises(InvalidArgumentError, match="images"):
         robust_accuracy(MODEL, DATA["image"][0], DATA["label"], 0)
+
+
+@pytest.mark.slow
+def test_script_quick(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "scripts", "part_vs_pgdat.py"), "--quick", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for ext in ("md", "csv", "png"):
+        assert (tmp_path / f"part_vs_pgdat.{ext}").stat().st_size > 0
+    assert "## Verdict" in (tmp_path / "part_vs_pgdat.md").read_text()
