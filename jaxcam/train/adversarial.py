@@ -29,8 +29,8 @@ attack in [0, 1] and re-normalise. The parameters are stop-gradiented during the
 part of the objective), the per-example input gradient is vmapped over the batch, and the loop is unrolled
 (``steps`` is static; XLA's CPU backend runs convolutions in while loops far slower). The CAM is recomputed on the
 exact (augmented) batch in every step (the paper's description; the released code looks a cached map up by batch
-index, methods.md 9.1) **[ours]**. Cost per step: ``steps`` x (1F + 1B) for the attack, + 1F for the clean
-accuracy, + 1F + 1B for PART's CAM.
+index, methods.md 9.1) **[ours]**. Cost per step: ``steps`` x (1F + 1B) for the attack, + 1F + 1B for the
+update, + 1F for the clean accuracy (PART: for the predicted class), + 1F + 1B for PART's CAM.
 """
 
 from __future__ import annotations
