@@ -44,6 +44,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, UnknownNameError
 from ..keys import as_key
+from ..tapped import identity_tap
 from .losses import LossContext, accuracy, cross_entropy, gradcam_maps
 
 PGD_AT_PAPER = "PGD adversarial training (Madry et al., ICLR 2018)"
@@ -108,7 +109,7 @@ def pgd_attack(apply, params, images: jax.Array, labels: jax.Array, key: jax.Arr
     std = jnp.ones((1, 1, 1, 3), images.dtype) if std is None else std
 
     def one_ce(x, y):
-        logits = apply(params, (x[None] - mean) / std, _no_tap)
+        logits = apply(params, (x[None] - mean) / std, identity_tap)
         return cross_entropy(logits, y[None])
 
     grad_one = jax.vmap(jax.grad(one_ce))
@@ -121,9 +122,6 @@ def pgd_attack(apply, params, images: jax.Array, labels: jax.Array, key: jax.Arr
         x = jnp.clip(jnp.clip(x, lo, hi), 0.0, 1.0)
     return jax.lax.stop_gradient(x)
 
-
-def _no_tap(site, a):
-    return a
 
 
 # ---------------------------------------------------------------------------------------------------- budgets
@@ -177,8 +175,8 @@ def pgd_at_loss(params, batch, key, ctx: LossContext, eps: float = 8 / 255, alph
     budget = jnp.full(x.shape[:3] + (1,), eps, jnp.float32)
     adv = pgd_attack(ctx.apply, params, pixels, labels, key, budget, alpha=alpha, steps=steps,
                      random_start=random_start, mean=m, std=s)
-    clean = jax.lax.stop_gradient(ctx.apply(jax.lax.stop_gradient(params), x, _no_tap))
-    logits = ctx.apply(params, (adv - m) / s, _no_tap)
+    clean = jax.lax.stop_gradient(ctx.apply(jax.lax.stop_gradient(params), x, identity_tap))
+    logits = ctx.apply(params, (adv - m) / s, identity_tap)
     return cross_entropy(logits, labels), {"accuracy": accuracy(logits, labels),
                                            "clean_accuracy": accuracy(clean, labels)}
 
@@ -205,7 +203,7 @@ def part_loss(params, batch, key, ctx: LossContext, eps: float = 8 / 255, alpha:
     x = batch["image"]
     labels = batch["label"]
     if cam_class == "predicted":
-        clean = jax.lax.stop_gradient(ctx.apply(jax.lax.stop_gradient(params), x, _no_tap))
+        clean = jax.lax.stop_gradient(ctx.apply(jax.lax.stop_gradient(params), x, identity_tap))
         classes = jnp.argmax(clean, axis=-1)
     else:
         classes = labels
@@ -213,7 +211,7 @@ def part_loss(params, batch, key, ctx: LossContext, eps: float = 8 / 255, alpha:
     budget = part_budget(weights, eps, eps_low, threshold)
     adv = pgd_attack(ctx.apply, params, x * s + m, labels, key, budget, alpha=alpha, steps=steps,
                      random_start=random_start, mean=m, std=s)
-    logits = ctx.apply(params, (adv - m) / s, _no_tap)
+    logits = ctx.apply(params, (adv - m) / s, identity_tap)
     share = jnp.mean((budget == jnp.float32(eps)).astype(jnp.float32)) if eps_low < eps else jnp.float32(1.0)
     return cross_entropy(logits, labels), {"accuracy": accuracy(logits, labels),
                                            "clean_accuracy": accuracy(clean, labels), "important_share": share}
@@ -237,7 +235,7 @@ def robust_accuracy(model, images, labels, key, *, eps: float = 8 / 255, alpha: 
     def hits(params, x, y, k):
         adv = pgd_attack(apply, params, x, y, k, jnp.full(x.shape[:3] + (1,), eps, jnp.float32), alpha=alpha,
                          steps=steps, random_start=random_start, mean=m, std=s)
-        return jnp.sum(jnp.argmax(apply(params, (adv - m) / s, _no_tap), axis=-1) == y)
+        return jnp.sum(jnp.argmax(apply(params, (adv - m) / s, identity_tap), axis=-1) == y)
 
     total = 0
     for j, i in enumerate(range(0, len(images), batch_size)):

@@ -92,14 +92,15 @@ def mean_interval(values, confidence: float = 0.95) -> tuple[float, float]:
 def map_entropy(maps) -> np.ndarray:
     """(N,) entropy in nats of each map read as a distribution ``q = L / sum L`` (negative values clipped to 0);
     an all-zero map has entropy 0."""
-    m = np.clip(np.asarray(maps, np.float64), 0, None).reshape(len(maps), -1)
-    total = m.sum(axis=1, keepdims=True)
-    q = np.divide(m, total, out=np.zeros_like(m), where=total > 0)
-    return -np.sum(np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0), axis=1)
+    from .sham import distribution_entropy  # the one definition, which SHAM's loss differentiates
+
+    m = np.clip(np.asarray(maps, np.float32), 0, None).reshape(len(maps), -1)
+    return np.asarray(distribution_entropy(m, axes=-1))
 
 
 def pearson(a, b) -> np.ndarray:
-    """(N,) Pearson correlation of each pair of maps; 0 where either map is constant."""
+    """(N,) Pearson correlation of each pair of maps; 0 where either map is constant. Computed in float64 on the
+    host (a report statistic), where :func:`jaxcam.metrics.similarity.pearson` is the float32 metric."""
     a = np.asarray(a, np.float64).reshape(len(a), -1)
     b = np.asarray(b, np.float64).reshape(len(b), -1)
     a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)

@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import postprocess
 from ..errors import InvalidArgumentError, UnknownNameError
 from ..keys import as_key
 from ..tapped import site_shapes
@@ -73,9 +74,7 @@ def _weight(name: str, v) -> float:
 
 def minmax(maps: jax.Array) -> jax.Array:
     """Per-map min-max normalisation over the grid of ``maps`` (B, h, w): ``(M - min) / (max - min + 1e-8)``."""
-    lo = jnp.min(maps, axis=(1, 2), keepdims=True)
-    hi = jnp.max(maps, axis=(1, 2), keepdims=True)
-    return (maps - lo) / (hi - lo + EPS)
+    return jax.vmap(lambda m: postprocess.minmax(m, EPS))(maps)
 
 
 def class_agnostic_map(acts: jax.Array) -> jax.Array:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..tapped import capture
+from ..tapped import capture, identity_tap
 from .. import targets as targets_mod
 
 
@@ -106,7 +106,7 @@ def tap_values(apply: Callable, params, x: jax.Array, sites: Sequence[str]) -> t
 def ce_loss(params, batch, key, ctx: LossContext, label_smoothing: float = 0.0):
     """Softmax cross-entropy, optionally with label smoothing ``(1 - e) * onehot + e / C``."""
     del key
-    logits = ctx.apply(params, batch["image"], _no_tap)
+    logits = ctx.apply(params, batch["image"], identity_tap)
     labels = batch["label"]
     if label_smoothing:
         target = jax.nn.one_hot(labels, logits.shape[-1]) * (1 - label_smoothing) + label_smoothing / logits.shape[-1]
@@ -115,9 +115,6 @@ def ce_loss(params, batch, key, ctx: LossContext, label_smoothing: float = 0.0):
         loss = cross_entropy(logits, labels)
     return loss, {"accuracy": accuracy(logits, labels)}
 
-
-def _no_tap(site, a):
-    return a
 
 
 # after the helpers, which sham.py imports

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..tapped import identity_tap
 from .losses import LossContext, accuracy, cross_entropy, gradcam_maps
 
 PAPER_ENTROPY = math.log(28)  # the paper's honest-CAM entropy (~3.35 reported; 28 of 49 cells on a 7x7 grid)
@@ -141,7 +142,7 @@ def sham_loss(params, batch, key, ctx: LossContext, lam: float = 1.0, entropy_we
     if classes == "label":
         cls = labels.astype(jnp.int32)
     else:
-        cls = jnp.argmax(jax.lax.stop_gradient(ctx.apply(params, x, _no_tap)), axis=-1).astype(jnp.int32)
+        cls = jnp.argmax(jax.lax.stop_gradient(ctx.apply(params, x, identity_tap)), axis=-1).astype(jnp.int32)
 
     def cam_pass(p):
         out = gradcam_maps(ctx.apply, p, x, cls, ctx.site)
@@ -164,9 +165,6 @@ def sham_loss(params, batch, key, ctx: LossContext, lam: float = 1.0, entropy_we
     return loss, {"accuracy": accuracy(logits, labels), "ce": ce, "cam_loss": cam_term,
                   "map_entropy": jnp.mean(ent)}
 
-
-def _no_tap(site, a):
-    return a
 
 
 @dataclass(frozen=True)
