@@ -53,6 +53,7 @@ METRICS: dict[str, MetricSpec] = dict([
     _spec("cam_mult_confidence_change", "faithfulness", "cam_mult_confidence_change", True, "model", PGC),
     _spec("relative_confidence_drop", "faithfulness", "relative_confidence_drop", True, "model", CF),
     _spec("faithfulness_correlation", "faithfulness", "faithfulness_correlation", True, "model", CF),
+    _spec("region_ablation_drop", "faithfulness", "region_ablation", True, "model", BT),
     _spec("pointing_game", "localisation", "pointing_game", True, "masks", Q),
     _spec("energy_pointing_game", "localisation", "energy_pointing_game", True, "masks", CF),
     _spec("relevance_mass_accuracy", "localisation", "relevance_mass_accuracy", True, "masks", Q),
@@ -98,6 +99,16 @@ def _group_fn(group: str) -> Callable:
             return {name: fn(c.model, c.x, cams, c.classes, **extra, **o)}
         return run
 
+    def region_ablation(c, cams, method, wanted, o):
+        from .regions import EmptyRegionsError
+
+        o = {"key": c.key, **({"batch_size": c.batch_size} if c.batch_size else {}), **o}
+        try:
+            return {"region_ablation_drop": M.region_ablation_drop(c.model, c.x, cams, c.classes, **o)}
+        except EmptyRegionsError as exc:  # say which method's map it was, and the evaluate spelling of the option
+            raise EmptyRegionsError(f"region_ablation_drop of {method}'s maps: {exc} (in evaluate: metric_options="
+                                    "{'region_ablation': {'empty': 'zero'}})") from None
+
     def mask_metric(fn, name):
         return lambda c, cams, method, wanted, o: {name: fn(cams, c.masks, **o)}
 
@@ -120,6 +131,7 @@ def _group_fn(group: str) -> Callable:
         "relative_confidence_drop": model_metric(M.relative_confidence_drop, "relative_confidence_drop"),
         "faithfulness_correlation": model_metric(M.faithfulness_correlation, "faithfulness_correlation",
                                                  keyed=True, batched=True),
+        "region_ablation": region_ablation,
         "pointing_game": mask_metric(M.pointing_game, "pointing_game"),
         "energy_pointing_game": mask_metric(M.energy_pointing_game, "energy_pointing_game"),
         "relevance_mass_accuracy": mask_metric(M.relevance_mass_accuracy, "relevance_mass_accuracy"),

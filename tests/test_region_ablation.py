@@ -134,3 +134,43 @@ def test_region_ablation_errors(probe):
         region_ablation(probe, images, cams, labels, batch_size=0)
     with pytest.raises(EmptyRegionsError, match="threshold"):
         region_ablation(probe, images, cams * 0.1, labels)
+
+
+def test_a_map_without_regions_is_an_error_naming_the_image_or_a_documented_zero(probe):
+    images, cams, labels = _data(3)
+    cams[1] = 0.0  # a constant map: min-max leaves it all zero, so no pixel passes any threshold
+    with pytest.raises(EmptyRegionsError, match=r"image 1: .*empty='zero'"):
+        region_ablation(probe, images, cams, labels, how="mean")
+    with pytest.raises(UnknownNameError, match="empty"):
+        region_ablation(probe, images, cams, labels, empty="skip")
+    r = region_ablation(probe, images, cams, labels, key=0, how="mean", empty="zero")
+    assert r.regions[1].count == 0 and r.area_fraction[1] == 0 and r.top_region[1] == 0
+    np.testing.assert_array_equal(r.after[1], r.before[1])
+    np.testing.assert_array_equal(r.control_after[1], r.before[1])
+    for v in (r.explained_change, r.others_change, r.control_explained_change, r.control_others_change):
+        assert v[1] == 0 and np.isfinite(v).all()
+    assert np.isnan(r.region_change[1]).all()
+    np.testing.assert_array_equal(r.top_region[[0, 2]], 2)  # the other images are scored as before
+    assert (r.explained_change[[0, 2]] < -0.5).all()
+
+
+def test_evaluate_runs_region_ablation_drop(probe):
+    from jaxcam.evaluate import METRICS
+
+    images, _, _ = _data(2)
+    images[1, 12:20, 12:20] = 0.9
+    assert METRICS["region_ablation_drop"].higher_is_better and METRICS["region_ablation_drop"].needs == "model"
+    opts = {"region_ablation": {"how": "mean", "top": 0.05}}
+    table = jaxcam.evaluate(probe, images, "gradcam", ["region_ablation_drop"], key=3, metric_options=opts)
+    assert len(table) == 2 and set(table["metric"].tolist()) == {"region_ablation_drop"}
+    x = probe.preprocess(images)
+    maps = jaxcam.explain(probe, x, "gradcam", preprocessed=True)
+    direct = region_ablation_drop(probe, x, maps, table["class"], key=jax.random.key(3), how="mean", top=0.05)
+    np.testing.assert_allclose(table["value"], np.asarray(direct), atol=1e-6)
+    assert np.isfinite(table["value"]).all()
+    huge = {"region_ablation": {"min_area": S * S + 1}}  # no region survives: a clear error naming method and image
+    with pytest.raises(EmptyRegionsError, match=r"gradcam's maps: image 0: .*empty"):
+        jaxcam.evaluate(probe, images, "gradcam", ["region_ablation_drop"], metric_options=huge)
+    huge["region_ablation"]["empty"] = "zero"
+    zero = jaxcam.evaluate(probe, images, "gradcam", ["region_ablation_drop"], metric_options=huge)
+    np.testing.assert_array_equal(zero["value"], 0.0)

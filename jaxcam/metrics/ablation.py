@@ -123,20 +123,39 @@ def _probs_program(forward, mean, std, how, batch_size, params, images, masks, k
     return jax.lax.map(chunk, idx).reshape(chunks * batch_size, -1)[:n]
 
 
+EMPTY = ("error", "zero")
+
+
+def _no_regions(cam, threshold, top):
+    from ..regions import Regions
+
+    cut = float(np.quantile(np.asarray(cam, np.float64), 1 - float(top))) if top is not None else float(threshold)
+    return Regions(labels=np.zeros(np.shape(cam), np.int32), areas=np.zeros(0, np.int64), scores=np.zeros(0),
+                   threshold=cut)
+
+
 def region_ablation(model, images, cams, labels, key=0, *, how: str = "blur", threshold: float | None = 0.5,
                     top: float | None = None, min_area: int = 1, max_regions: int = 5, snap: str = "none",
-                    snap_options: dict | None = None, batch_size: int = 32) -> RegionAblation:
+                    snap_options: dict | None = None, batch_size: int = 32, empty: str = "error") -> RegionAblation:
     """Ablate the regions of each map and a same-area random control (see the module docstring).
 
     ``images`` (N, H, W, 3) RGB in [0, 1] at the model's input size; ``cams`` (N, H, W) in [0, 1]; ``labels`` (N,)
     the explained classes; ``key`` an int seed or a jax.random key (control regions and noise). Region options
     (``threshold``, ``top``, ``min_area``, ``max_regions``, ``snap``, ``snap_options``) go to
     :func:`jaxcam.regions.cam_regions`; only the ``max_regions`` best-ranked regions are ablated.
+
+    A map with no region (a constant map, e.g. an all-zero Grad-CAM, or one whose components are all below
+    ``min_area``): ``empty="error"`` (the default) raises :class:`~jaxcam.regions.EmptyRegionsError` naming the
+    image index, before any forward pass; ``empty="zero"`` scores it as what it is, the removal of nothing: area 0,
+    ``after == control_after == before`` exactly, every change 0, ``top_region`` 0 and a ``region_change`` row of
+    NaN (no region k exists). Never a NaN in the per-image numbers.
     """
-    from ..regions import cam_regions
+    from ..regions import EmptyRegionsError, cam_regions
 
     if how not in ABLATIONS:
         raise UnknownNameError(how, ABLATIONS, "ablation (how=)")
+    if empty not in EMPTY:
+        raise UnknownNameError(empty, EMPTY, "empty-map policy (empty=)")
     images = np.asarray(images, np.float32)
     size = model.input_size
     size = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
@@ -156,10 +175,20 @@ def region_ablation(model, images, cams, labels, key=0, *, how: str = "blur", th
         raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
     key = as_key(key)
     n, h, w = cams.shape
-    regions = tuple(cam_regions(c, threshold=threshold, top=top, min_area=min_area, max_regions=max_regions,
-                                snap=snap, image=im, snap_options=snap_options) for c, im in zip(cams, images))
+    regions = []
+    for i, (c, im) in enumerate(zip(cams, images)):
+        try:
+            regions.append(cam_regions(c, threshold=threshold, top=top, min_area=min_area, max_regions=max_regions,
+                                       snap=snap, image=im, snap_options=snap_options))
+        except EmptyRegionsError as exc:
+            if empty == "error":
+                raise EmptyRegionsError(f"image {i}: {exc}; or pass empty='zero' to score a map without regions "
+                                        "as removing nothing (change 0)") from None
+            regions.append(_no_regions(c, threshold, top))
+    regions = tuple(regions)
     union = np.stack([r.mask() for r in regions])
-    singles = np.stack([r.masks(max_regions) for r in regions])  # (N, R, H, W)
+    widest = max_regions if max_regions is not None else max(1, max(rg.count for rg in regions))
+    singles = np.stack([rg.masks(widest) for rg in regions])  # (N, R, H, W)
     areas = union.sum(axis=(1, 2))
     k_control, k_noise = jax.random.split(key)
     control = np.asarray(_control_masks(jax.random.split(k_control, n), jnp.asarray(areas), (h, w)))
@@ -178,23 +207,36 @@ def region_ablation(model, images, cams, labels, key=0, *, how: str = "blur", th
     single_change = np.asarray(jnp.take_along_axis(single - before[:, None], cls[:, None, None], axis=-1)[..., 0])
     counts = np.array([rg.count for rg in regions])
     single_change = np.where(np.arange(r)[None] < counts[:, None], single_change, np.nan)
+    before, after, ctrl = np.asarray(before), np.array(after), np.array(ctrl)
+    explained, others, c_explained, c_others = (np.array(v) for v in (explained, others, c_explained, c_others))
+    none = counts == 0  # empty="zero": nothing removed, so nothing changes (exactly, not up to batch-position noise)
+    after[none], ctrl[none] = before[none], before[none]
+    for v in (explained, others, c_explained, c_others):
+        v[none] = 0.0
+    top_region = np.zeros(n, np.int64)
+    top_region[~none] = np.nanargmin(single_change[~none], axis=1) + 1
     return RegionAblation(classes=classes, area_fraction=areas / (h * w),
-                          control_area_fraction=control.sum(axis=(1, 2)) / (h * w), before=np.asarray(before),
-                          after=np.asarray(after), control_after=np.asarray(ctrl),
-                          explained_change=np.asarray(explained), others_change=np.asarray(others),
-                          control_explained_change=np.asarray(c_explained),
-                          control_others_change=np.asarray(c_others), region_change=single_change,
-                          top_region=np.nanargmin(single_change, axis=1) + 1, regions=regions)
+                          control_area_fraction=control.sum(axis=(1, 2)) / (h * w), before=before,
+                          after=after, control_after=ctrl, explained_change=explained, others_change=others,
+                          control_explained_change=c_explained, control_others_change=c_others,
+                          region_change=single_change, top_region=top_region, regions=regions)
 
 
 def region_ablation_drop(model, x, cams, targets=None, **options) -> jax.Array:
     """The explained class's probability drop ``p_c(x) - p_c(x')`` (N,) when the CAM's regions are ablated, for a
     preprocessed batch ``x`` (as the other model metrics take; un-normalised with the model's mean/std before the
-    ablation). Higher: the map found what the model uses. ``targets``: classes (None: the predicted ones);
-    ``options``: those of :func:`region_ablation`."""
-    x = jnp.asarray(x)
-    if targets is None:
-        targets = np.asarray(jnp.argmax(model.tapped.forward(model.params, x), axis=-1))
+    ablation). Higher: the map found what the model uses. ``cams`` at input or feature resolution (resized to the
+    input); ``targets``: classes (None: the predicted ones); ``options``: those of :func:`region_ablation`
+    (``key``, ``how``, ``threshold``, ...). A map without regions (a constant map) raises
+    :class:`~jaxcam.regions.EmptyRegionsError` naming the image, unless ``empty="zero"`` scores it 0 (nothing
+    removed, nothing lost). ``jaxcam.evaluate(..., metrics=["region_ablation_drop"])`` runs it with the evaluation's
+    key and ``metric_options={"region_ablation": {...}}``."""
+    from .inputs import model_inputs
+
+    x, cams, classes = model_inputs(model, x, cams, targets)
+    if classes is None:
+        classes = jnp.argmax(model.tapped.forward(model.params, x), axis=-1)
     sd, mu = (jnp.asarray(v, x.dtype).reshape(1, 1, 1, -1) for v in (model.std, model.mean))
     images = np.asarray(x * sd + mu)
-    return jnp.asarray(-region_ablation(model, images, cams, np.asarray(targets), **options).explained_change)
+    return jnp.asarray(-region_ablation(model, images, np.asarray(cams), np.asarray(classes), **options)
+                       .explained_change)
