@@ -8,7 +8,8 @@ import pytest
 
 import jaxcam
 from jaxcam.errors import InvalidArgumentError, MapError, UnknownNameError
-from jaxcam.metrics.ablation import ABLATIONS, ablate, random_regions, region_ablation, region_ablation_drop
+from jaxcam.metrics.ablation import (ABLATIONS, ablate, ablated_images, random_regions, region_ablation,
+                                     region_ablation_drop)
 from jaxcam.regions import EmptyRegionsError
 
 S = 32
@@ -174,3 +175,28 @@ def test_evaluate_runs_region_ablation_drop(probe):
     huge["region_ablation"]["empty"] = "zero"
     zero = jaxcam.evaluate(probe, images, "gradcam", ["region_ablation_drop"], metric_options=huge)
     np.testing.assert_array_equal(zero["value"], 0.0)
+
+
+def test_ablated_images_are_what_the_model_saw_and_the_summary_intervals(probe):
+    images, cams, labels = _data(3)
+    images[1] -= 0.1
+    r = region_ablation(probe, images, cams, labels, key=4, how="noise")
+    cam_img, ctrl_img = ablated_images(images, r, key=4, how="noise")
+    assert cam_img.shape == ctrl_img.shape == images.shape and r.control_masks.shape == (3, S, S)
+    np.testing.assert_array_equal(cam_img[~np.stack([g.mask() for g in r.regions])], images[~np.stack(
+        [g.mask() for g in r.regions])])
+    np.testing.assert_array_equal(ctrl_img[~r.control_masks], images[~r.control_masks])
+    for pictures, expected in ((cam_img, r.after), (ctrl_img, r.control_after)):
+        probs = jax.nn.softmax(probe(probe.preprocess(pictures)), axis=-1)
+        np.testing.assert_allclose(probs, expected, atol=1e-5)
+    r = region_ablation(probe, images, cams, labels, key=4, how="mean")
+    table = r.summary()
+    assert table["ablation"].tolist() == ["cam regions", "random control", "cam - control"]
+    mean, low, high = (np.asarray(table[c]) for c in ("mean", "low", "high"))
+    np.testing.assert_allclose(mean[0], r.explained_change.mean(), atol=1e-12)
+    assert (low <= mean).all() and (mean <= high).all() and table["n"].tolist() == [3] * 3
+    assert (high - low)[[0, 2]].min() > 0 and mean[0] < -0.5 and high[2] < 0
+    with pytest.raises(UnknownNameError):
+        ablated_images(images, r, key=4, how="smudge")
+    with pytest.raises(InvalidArgumentError, match="images"):
+        ablated_images(images[:2], r, key=4, how="noise")

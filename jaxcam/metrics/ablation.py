@@ -77,7 +77,8 @@ class RegionAblation:
     ``explained_change`` / ``control_explained_change`` (``p_c`` after minus before), ``others_change`` /
     ``control_others_change`` (largest rise of another class), ``region_change`` (N, R) the explained class's change
     with region k alone removed (NaN past the image's region count), ``top_region`` (N,) 1-based rank of the region
-    whose removal lowers the explained class most, ``regions`` the :class:`~jaxcam.regions.Regions` per image."""
+    whose removal lowers the explained class most, ``regions`` the :class:`~jaxcam.regions.Regions` per image,
+    ``control_masks`` (N, H, W) bool the random control's pixels."""
 
     classes: np.ndarray
     area_fraction: np.ndarray
@@ -92,6 +93,26 @@ class RegionAblation:
     region_change: np.ndarray
     top_region: np.ndarray
     regions: tuple
+    control_masks: np.ndarray
+
+    def summary(self, confidence: float = 0.95) -> Table:
+        """Mean and Student-t ``confidence`` interval over the images of the explained class's change under CAM
+        ablation, under the random control, and of their paired difference (CAM minus control: negative when the
+        CAM's regions cost the class more than random regions of the same area). Columns: ablation, mean, low,
+        high, n. One image: the interval is the mean itself (no spread can be estimated)."""
+        from scipy import stats
+
+        if not 0 < float(confidence) < 1:
+            raise InvalidArgumentError(f"confidence must be in (0, 1), got {confidence!r}")
+        rows = []
+        for name, v in (("cam regions", self.explained_change), ("random control", self.control_explained_change),
+                        ("cam - control", self.explained_change - self.control_explained_change)):
+            v = np.asarray(v, np.float64)
+            half = (float(stats.t.ppf(0.5 + confidence / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+                    if v.size > 1 else 0.0)
+            rows.append({"ablation": name, "mean": float(v.mean()), "low": float(v.mean()) - half,
+                         "high": float(v.mean()) + half, "n": int(v.size)})
+        return Table.from_rows(rows)
 
     def to_table(self) -> Table:
         """One row per image (the scalar fields), for :meth:`Table.to_csv` / ``to_markdown``."""
@@ -219,7 +240,33 @@ def region_ablation(model, images, cams, labels, key=0, *, how: str = "blur", th
                           control_area_fraction=control.sum(axis=(1, 2)) / (h * w), before=before,
                           after=after, control_after=ctrl, explained_change=explained, others_change=others,
                           control_explained_change=c_explained, control_others_change=c_others,
-                          region_change=single_change, top_region=top_region, regions=regions)
+                          region_change=single_change, top_region=top_region, regions=regions,
+                          control_masks=control.astype(bool))
+
+
+@partial(jax.jit, static_argnums=0)
+def _ablate_batch(how, images, masks, keys):
+    return jax.vmap(lambda im, m, k: ablate(im, m, how, k))(images, masks, keys)
+
+
+def ablated_images(images, result: RegionAblation, key=0, how: str = "blur") -> tuple[np.ndarray, np.ndarray]:
+    """``(cam_ablated, control_ablated)`` (N, H, W, 3): the pictures :func:`region_ablation` fed the model with
+    every CAM region removed and with the random control removed, for a report. ``images``, ``key`` and ``how`` must
+    be those of the call that made ``result`` (the noise substrate's keys are derived the same way)."""
+    if how not in ABLATIONS:
+        raise UnknownNameError(how, ABLATIONS, "ablation (how=)")
+    images = np.asarray(images, np.float32)
+    n, r = result.region_change.shape
+    if images.shape[:3] != result.control_masks.shape:
+        raise InvalidArgumentError(f"images must be the {result.control_masks.shape[0]} images of the result, "
+                                   f"shape (N, H, W, 3) = {(*result.control_masks.shape, 3)}, got {images.shape}")
+    _, k_noise = jax.random.split(as_key(key))
+    keys = jax.random.split(k_noise, n * (3 + r))
+    union = np.stack([rg.mask() for rg in result.regions])
+    cam = np.asarray(_ablate_batch(how, jnp.asarray(images), jnp.asarray(union), keys[n:2 * n]))
+    control = np.asarray(_ablate_batch(how, jnp.asarray(images), jnp.asarray(result.control_masks),
+                                       keys[2 * n:3 * n]))
+    return cam, control
 
 
 def region_ablation_drop(model, x, cams, targets=None, **options) -> jax.Array:
