@@ -162,8 +162,9 @@ def test_method_all_skips_the_gap_fc_methods_off_the_last_layer(photos, tmp_path
     assert err.strip().splitlines() == [
         "jaxcam: note: --method all skips cam on toy (they need a global-average-pool + fully-connected head right "
         "after the target layer)",
-        "jaxcam: note: --method all leaves out broadcam (their weights are fitted in Python: jaxcam.fit_broadcam, "
-        "then method_options)",
+        "jaxcam: note: --method all leaves out broadcam, sycam (they need an input made in Python, passed as "
+        "method_options: broadcam's weights from jaxcam.fit_broadcam, sycam's expression from "
+        "jaxcam.sycam.synthesize)",
         "jaxcam: note: --method all leaves out adcam on toy: it needs a Vision Transformer's attention "
         "probabilities, and the model's adapter declares no attention sites (from_hf and from_linen find them on "
         "attention modules that can return them)",

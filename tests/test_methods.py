@@ -35,7 +35,8 @@ def fast_toy(names):
 
 # BroadCAM needs weights fitted on a set of images (its only required option); fitted once on the toy network
 TOY_BROADCAM = jaxcam.fit_broadcam(toy_model(), toy_input(6, seed=7), labels=[0, 1, 2, 3, 4, 0], layer="relu")
-TOY_FAST = FAST | {"cameras": {"scales": (32, 40)}, "broadcam": {"weights": TOY_BROADCAM}}
+TOY_FAST = FAST | {"cameras": {"scales": (32, 40)}, "broadcam": {"weights": TOY_BROADCAM},
+                   "sycam": {"expression": "mean(G) + softmax(S) * D"}}  # every kind of SyCAM terminal
 CNN_METHODS = [m for m, spec in METHODS.items() if not spec.attention and not spec.own_maps]  # all but those
 # reading a ViT's attention or a model's own exit maps (tests/test_vit.py, tests/test_ame.py)
 
@@ -53,7 +54,7 @@ def all_toy(toy):
 def test_registry_declares_everything():
     for name, spec in METHODS.items():
         assert spec.name == name and callable(spec.fn)
-        assert spec.family in ("gradient", "activation", "perturbation", "ensemble", "model")
+        assert spec.family in ("gradient", "activation", "perturbation", "ensemble", "model", "synthesised")
         assert spec.output in ("weighted", "projection", "map", "whole_network", "multiscale", "ensemble")
         assert spec.gradients or spec.family != "gradient"
         assert not (spec.gradients and spec.family == "activation")

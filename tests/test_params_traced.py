@@ -38,9 +38,10 @@ def test_explainer_takes_other_models_parameters(models, method):
     key = jax.random.key(3)
     # a method with a required option (BroadCAM's weights, fitted on the first model) gets it; the weights are
     # the method's data, the same for both calls, while the model's parameters must follow the call
-    opts = {"method_options": {method: {"weights": jaxcam.fit_broadcam(m1, toy_input(n=6, seed=4),
-                                                                       labels=[0, 1, 2, 3, 4, 0])}}} \
-        if jaxcam.METHODS[method].requires else {}
+    required = {"broadcam": lambda: {"weights": jaxcam.fit_broadcam(m1, toy_input(n=6, seed=4),
+                                                                    labels=[0, 1, 2, 3, 4, 0])},
+                "sycam": lambda: {"expression": "mean(G) + softmax(S) * D"}}
+    opts = {"method_options": {method: required[method]()}} if jaxcam.METHODS[method].requires else {}
     fn = jaxcam.explainer(m1, method, batch_size=16, **opts)
     got = np.asarray(fn(m2.params, x, None, key))
     want = np.asarray(jaxcam.explain(m2, x, method, preprocessed=True, key=key, batch_size=16, **opts))

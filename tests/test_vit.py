@@ -161,8 +161,9 @@ def test_the_registry_says_which_methods_do_not_apply_to_a_vit(vit):
     maps = jaxcam.explain(model, x, "all", preprocessed=True,
                           method_options={"sscam": {"num_samples": 2}})
     skipped = set(jaxcam.METHODS) - set(maps)
-    # adcam runs (it reads the attention); amecam needs a model with its own class maps (exits), not a ViT
-    assert skipped == not_on_tokens | {"cam", "metacam", "broadcam", "amecam"}, skipped
+    # adcam runs (it reads the attention); amecam needs a model with its own class maps (exits), not a ViT;
+    # broadcam and sycam need their required option (fitted weights, an expression)
+    assert skipped == not_on_tokens | {"cam", "metacam", "broadcam", "amecam", "sycam"}, skipped
     assert all(np.isfinite(np.asarray(m)).all() for m in maps.values())
     for name, says in (("cameras", "position embeddings fix one input size"), ("fullgrad", "patch projection"),
                        ("metacam", "include 'fullgrad'")):

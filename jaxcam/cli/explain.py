@@ -107,8 +107,9 @@ def run(args) -> None:
             print(f"jaxcam: note: --method all skips {', '.join(skipped)} on {model.name} ({NOT_GAP_FC})",
                   file=sys.stderr)
         if requested == ["all"]:
-            print(f"jaxcam: note: --method all leaves out {all_needs_options()} (their weights are fitted in "
-                  "Python: jaxcam.fit_broadcam, then method_options)", file=sys.stderr)
+            print(f"jaxcam: note: --method all leaves out {all_needs_options()} (they need an input made in "
+                  "Python, passed as method_options: broadcam's weights from jaxcam.fit_broadcam, sycam's expression "
+                  "from jaxcam.sycam.synthesize)", file=sys.stderr)
             for name, why in unavailable_methods(model).items():
                 print(f"jaxcam: note: --method all leaves out {name} on {model.name}: {why}", file=sys.stderr)
         x = model.preprocess(images)
@@ -185,7 +186,8 @@ def parse_layers(values) -> list | None:
 
 
 def all_needs_options() -> str:
-    """The registered methods that need an option without a default (BroadCAM's fitted weights)."""
+    """The registered methods that need an option without a default (BroadCAM's fitted weights, SyCAM's
+    expression)."""
     from ..methods import METHODS
 
     return ", ".join(m for m, spec in METHODS.items() if spec.requires)

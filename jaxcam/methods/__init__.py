@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import activation, adcam, broadcam, fullgrad, gradient, multipass, own_maps, perturbation, ssa
+from . import activation, adcam, broadcam, fullgrad, gradient, multipass, own_maps, perturbation, ssa, sycam
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,11 @@ METHODS: dict[str, MethodSpec] = {
     "amecam": MethodSpec("amecam", own_maps.amecam, "model", "map", False, "1F (the model's exits and aggregator)",
                          "Chen et al., MICCAI 2023 (arXiv 2306.14505)",
                          "closed-form tests (the module's own map); trained by jaxcam.train.ame", own_maps=True),
+    "sycam": MethodSpec("sycam", sycam.sycam, "synthesised", "weighted", True,
+                        "1F+1B (+K*F if it reads S, +K*F_h if it reads D)",
+                        "Luque-Cerpa et al., arXiv 2504.09998 ([ours] grammar)",
+                        "closed-form tests (known CAMs as expressions)", options=("expression",),
+                        requires=("expression",)),
 }
 
 

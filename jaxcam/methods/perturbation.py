@@ -25,8 +25,7 @@ def scorecam(inp: Inputs, ctx: Context):
     """Score-CAM (Wang et al., CVPR-W 2020) as in pytorch-grad-cam 1.5.7: masks ``minmax(upsample(A_k))``
     (bilinear, align_corners), scores ``s_k = target(f(x * M_k))``, weights ``softmax_k(s)``, map ``sum_k w_k A_k``.
     Cost 1F + K full forwards, run ``batch_size`` at a time inside one program."""
-    k = inp.acts.shape[-1]
-    return inp.acts * jax.nn.softmax(_masked_scores(inp, ctx, inp.acts, jnp.arange(k)))[None, None]
+    return inp.acts * jax.nn.softmax(score_terms(inp, ctx))[None, None]
 
 
 def faster_scorecam(inp: Inputs, ctx: Context, top_fraction: float = 0.1):
@@ -45,6 +44,12 @@ def ablationcam(inp: Inputs, ctx: Context):
     pytorch-grad-cam 1.5.7 ablates to 0 when the activation tensor's minimum is 0 (every post-ReLU layer), which
     jaxcam matches; for layers with negative values it uses ``min - 1e7`` recomputed in place along each chunk (a
     chunk-order-dependent quirk): jaxcam follows the paper and ablates to 0 there too."""
+    return inp.acts * ablation_drops(inp, ctx)[None, None]
+
+
+def ablation_drops(inp: Inputs, ctx: Context) -> jax.Array:
+    """Ablation-CAM's channel weights ``(y - y_k) / y`` (K,): K head passes, chunked. A zero target score gives
+    zero weights, not NaN (the reference divides by 0)."""
     y = ctx.score(inp.logits, inp.cls)
 
     def ablated(k):
@@ -52,8 +57,13 @@ def ablationcam(inp: Inputs, ctx: Context):
         return ctx.score(ctx.replay(inp.image[None], a[None])[0], inp.cls)
 
     yk = jax.lax.map(ablated, jnp.arange(inp.acts.shape[-1]), batch_size=ctx.batch_size)
-    safe = jnp.where(y == 0, 1.0, y)  # a zero target score gives zero weights, not NaN (the reference divides by 0)
-    return inp.acts * jnp.where(y == 0, 0.0, (y - yk) / safe)[None, None]
+    safe = jnp.where(y == 0, 1.0, y)
+    return jnp.where(y == 0, 0.0, (y - yk) / safe)
+
+
+def score_terms(inp: Inputs, ctx: Context) -> jax.Array:
+    """Score-CAM's per-channel target scores ``target(f(x * minmax(upsample(A_k))))`` (K,), before the softmax."""
+    return _masked_scores(inp, ctx, inp.acts, jnp.arange(inp.acts.shape[-1]))
 
 
 def reciprocam(inp: Inputs, ctx: Context, gaussian: bool = False):
