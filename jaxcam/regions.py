@@ -129,7 +129,9 @@ def cam_regions(cam, *, threshold: float | None = 0.5, top: float | None = None,
     ids, areas, scores = ids[big], areas[big], sums[big] / np.maximum(areas[big], 1)
     if len(ids) == 0:
         what = f"top={top} (cut {cut:.4g})" if top is not None else f"threshold={cut:g}"
-        raise EmptyRegionsError(f"no region of the cam survives {what} and min_area={min_area} (cam max "
+        snapped = (" after snapping to Quickshift superpixels (one is kept when half its pixels pass the cut: try "
+                   "smaller superpixels, snap_options)") if snap == "quickshift" else ""
+        raise EmptyRegionsError(f"no region of the cam survives {what} and min_area={min_area}{snapped} (cam max "
                                 f"{cam.max():.4g}, largest component {largest} px)"
                                 f"; lower the threshold or min_area")
     # components are numbered in raster order, so a stable sort on (-score, -area) breaks remaining ties by position

@@ -13,13 +13,14 @@ import sys
 from ..compilation_cache import enable_compilation_cache
 from ..data import max_pixels_scope
 from ..errors import JaxcamError
-from . import bench, convert, evaluate, explain, info, layers, predict, robustness
+from . import ablate, bench, convert, evaluate, explain, info, layers, predict, robustness
 
 EXAMPLES = """examples:
   jaxcam explain                                  Grad-CAM of the embedded model on scikit-image's sample photos
   jaxcam explain cat.jpg --method all --target top5 --out runs/cat
   jaxcam robustness --noises gaussian --severities 1 3 5 --out runs/rob
   jaxcam evaluate --metrics deletion_auc road_combined --out runs/eval
+  jaxcam ablate cat.jpg --method gradcam --how inpaint --out runs/ablate   CAM regions vs random regions
   jaxcam convert resnet50 resnet50-0676ba61.pth
   jaxcam models | jaxcam methods | jaxcam bench --quick
 
@@ -27,7 +28,7 @@ Compiled programs are cached under ~/.cache/jaxcam/xla (JAXCAM_COMPILATION_CACHE
 so a second run starts in seconds.
 """
 
-SUBCOMMANDS = (explain, robustness, evaluate, convert, info, layers, predict, bench)
+SUBCOMMANDS = (explain, robustness, evaluate, ablate, convert, info, layers, predict, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
