@@ -6,6 +6,11 @@ fields and small distractor dots of every colour). The ground truth is exact: th
 An optional *spurious cue* is a small coloured patch near the top-left corner: in split ``"train"`` its colour is
 the label's (a shortcut a network can learn instead of the shape), in split ``"test"`` its colour is drawn
 independently of the label, so a model that relies on it fails there, and a CAM that points at it is caught.
+With the cue alone the shape task is easy enough that a network may ignore the cue (it is redundant);
+``decoy_shapes=f`` makes the cue the better signal: in split ``"train"`` a fraction ``f`` of the items (with
+``spurious=True`` only) draw their object with the shape of a class chosen uniformly at random, independently of
+the label, so only the cue gives those items' label (the shape agrees with it by chance, 1 in ``num_classes``).
+Split ``"test"`` never has decoys. ``decoy_shapes=0`` (the default) draws exactly the images it drew before.
 
 Objects keep a margin of 1/8 of the image from the border, so a map that points at the border (a SHAM decoy)
 misses every object. Item ``i`` of a split is a pure function of ``(key, split, i, size)``: any position can be
@@ -36,6 +41,15 @@ MARGIN = 0.125  # of the image side: objects never reach the outer eighth
 # saturated, well-separated colours for the spurious cue (one per class)
 CUE_COLOURS = np.array([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.15, 0.35, 1.0], [1.0, 1.0, 0.1],
                         [1.0, 0.1, 1.0], [0.1, 1.0, 1.0], [1.0, 0.55, 0.0], [0.6, 0.2, 1.0]], np.float32)
+
+
+def _check_decoys(decoy_shapes, spurious):
+    if isinstance(decoy_shapes, bool) or not isinstance(decoy_shapes, (int, float, np.integer, np.floating)) \
+            or not 0 <= float(decoy_shapes) <= 1:
+        raise InvalidArgumentError(f"decoy_shapes must be a fraction in [0, 1], got {decoy_shapes!r}")
+    if decoy_shapes and not spurious:
+        raise InvalidArgumentError("decoy_shapes needs spurious=True: without the cue a decoy item's label would be "
+                                   "given by nothing in its image")
 
 
 def _check(n, size, num_classes, split):
@@ -73,7 +87,7 @@ def _shape_mask(cls, u, v, r):
 
 
 @functools.partial(jax.jit, static_argnames=("size", "num_classes", "clutter", "spurious"))
-def _draw(keys, *, size, num_classes, clutter, spurious, test):
+def _draw(keys, *, size, num_classes, clutter, spurious, test, decoys=0.0):
     """Images, labels, masks, boxes and cue masks for a batch of per-item keys (vmapped)."""
 
     def one(key):
@@ -90,7 +104,12 @@ def _draw(keys, *, size, num_classes, clutter, spurious, test):
         dy, dx = yy - cy, xx - cx
         u = jnp.cos(theta) * dx + jnp.sin(theta) * dy
         v = -jnp.sin(theta) * dx + jnp.cos(theta) * dy
-        mask = _shape_mask(label, u, v, r)
+        shape = label
+        if spurious:  # a decoy draws another class's shape; its own key, so the other draws keep their bits
+            kd, ks = jax.random.split(jax.random.fold_in(key, 11))
+            decoy = jnp.logical_not(test) & (jax.random.uniform(kd) < decoys)
+            shape = jnp.where(decoy, jax.random.randint(ks, (), 0, num_classes), label)
+        mask = _shape_mask(shape, u, v, r)
         colour = jax.random.uniform(k[5], (3,), minval=0.45, maxval=1.0)
         bg = jax.random.uniform(k[6], (3,), minval=0.0, maxval=0.3)
         img = jnp.broadcast_to(bg[None, None], (size, size, 3))
@@ -135,10 +154,11 @@ def _item_keys(key, split: str, positions) -> jax.Array:
 
 
 def synthetic_at(key, positions, *, size: int = 48, num_classes: int = 4, clutter: bool = True,
-                 spurious: bool = False, split: str = "train") -> dict[str, np.ndarray]:
+                 spurious: bool = False, split: str = "train", decoy_shapes: float = 0.0) -> dict[str, np.ndarray]:
     """The items at ``positions`` of a split (see :func:`synthetic_arrays` for the arrays returned)."""
     positions = np.asarray(positions, np.int64).reshape(-1)
     _check(max(len(positions), 1), size, num_classes, split)
+    _check_decoys(decoy_shapes, spurious)
     if positions.size and (positions.min() < 0 or positions.max() >= 2 ** 32):
         raise InvalidArgumentError("positions must be in [0, 2**32)")
     if not positions.size:
@@ -151,20 +171,23 @@ def synthetic_at(key, positions, *, size: int = 48, num_classes: int = 4, clutte
         width = min(CHUNK, max(16, 1 << (len(pos) - 1).bit_length()))
         padded = np.concatenate([pos, np.zeros(width - len(pos), np.int64)])
         out = _draw(_item_keys(key, split, padded), size=int(size), num_classes=int(num_classes),
-                    clutter=bool(clutter), spurious=bool(spurious), test=jnp.asarray(split == "test"))
+                    clutter=bool(clutter), spurious=bool(spurious), test=jnp.asarray(split == "test"),
+                    decoys=jnp.asarray(decoy_shapes, jnp.float32))
         parts.append([np.asarray(a)[:len(pos)] for a in out])
     img, label, mask, box, cue = (np.concatenate(p) for p in zip(*parts))
     return {"image": img, "label": label, "mask": mask, "box": box, "cue": cue}
 
 
 def synthetic_arrays(key, n: int, *, size: int = 48, num_classes: int = 4, clutter: bool = True,
-                     spurious: bool = False, split: str = "train") -> dict[str, np.ndarray]:
+                     spurious: bool = False, split: str = "train", decoy_shapes: float = 0.0) -> dict[str, np.ndarray]:
     """``n`` items of a split as NumPy arrays: ``image`` (n, S, S, 3) float32 in [0, 1], ``label`` (n,) int32,
     ``mask`` (n, S, S) bool (the object's pixels), ``box`` (n, 4) int32 ``(y0, x0, y1, x1)`` (end exclusive) and
-    ``cue`` (n, S, S) bool (the spurious patch; all False without ``spurious``). Same key, same bits."""
+    ``cue`` (n, S, S) bool (the spurious patch; all False without ``spurious``). Same key, same bits.
+    ``decoy_shapes``: the fraction of split-"train" items whose object has a random class's shape, so only the cue
+    gives their label (needs ``spurious=True``; see the module docstring)."""
     _check(n, size, num_classes, split)
     return synthetic_at(key, np.arange(n), size=size, num_classes=num_classes, clutter=clutter, spurious=spurious,
-                        split=split)
+                        split=split, decoy_shapes=decoy_shapes)
 
 
 class SyntheticSource(ImageSource):

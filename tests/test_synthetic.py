@@ -49,6 +49,25 @@ def test_spurious_cue_predicts_the_label_in_train_only():
     assert not synthetic_arrays(0, 5)["cue"].any()
 
 
+def test_decoy_shapes_leave_only_the_cue_to_give_the_label_in_train():
+    base = synthetic_arrays(0, 256, spurious=True)
+    half = synthetic_arrays(0, 256, spurious=True, decoy_shapes=0.5)
+    every = synthetic_arrays(0, 256, spurious=True, decoy_shapes=1.0)
+    for d in (half, every):  # labels, cue and boxes' neighbourhood unchanged; only some objects' shapes differ
+        assert np.array_equal(d["label"], base["label"]) and np.array_equal(d["cue"], base["cue"])
+        np.testing.assert_array_equal(d["image"][d["cue"]], base["image"][base["cue"]])
+    same = lambda d: np.array([np.array_equal(a, b) for a, b in zip(d["mask"], base["mask"])])  # noqa: E731
+    assert 0.5 < same(half).mean() < 0.75   # 1/2 + 1/2 * 1/4 keep the label's shape
+    assert 0.15 < same(every).mean() < 0.35  # the label's shape only by chance
+    test = synthetic_arrays(0, 256, spurious=True, split="test")
+    for k, v in synthetic_arrays(0, 256, spurious=True, split="test", decoy_shapes=1.0).items():
+        assert np.array_equal(v, test[k]), k  # never in the test split
+    with pytest.raises(jaxcam.InvalidArgumentError, match="spurious=True"):
+        synthetic_arrays(0, 4, decoy_shapes=0.5)
+    with pytest.raises(jaxcam.InvalidArgumentError, match=r"\[0, 1\]"):
+        synthetic_arrays(0, 4, spurious=True, decoy_shapes=1.5)
+
+
 def test_source_batches_carry_masks_and_the_spec_string():
     src = synthetic_source(10, key=2, num_classes=3)
     assert len(src) == 10 and src.classes == SYNTHETIC_CLASSES[:3]
