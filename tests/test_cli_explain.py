@@ -316,3 +316,24 @@ def test_docs_page_holds_the_current_which_layer_table():
     with open(DOCS, encoding="utf-8") as f:
         assert layers_markdown() in f.read(), "regenerate docs/explain.md's table with `jaxcam models --markdown`"
 
+
+
+def test_sycam_runs_the_expression_given_on_the_command_line(photos, tmp_path, monkeypatch, capsys):
+    """--sycam gives the sycam method its expression (a formula or a saved file); it equals the built-in method
+    the expression writes, and a bad formula or a --sycam without the method fails before any output."""
+    from jaxcam.sycam import save
+
+    paths, _ = photos
+    monkeypatch.setattr(explain_cli, "load", lambda args: toy_model())
+    saved = save(tmp_path / "xgrad.json", "sum(G * A) / sum(A)")
+    rc, _, err = run(["explain", paths[0], "--method", "sycam", "xgradcam", "--sycam", str(saved), "--layer", "conv",
+                      "--out", str(tmp_path / "out")], capsys)
+    assert rc == 0, err
+    with np.load(tmp_path / "out" / "maps.npz") as npz:
+        np.testing.assert_allclose(npz["sycam"], npz["xgradcam"], atol=1e-5)
+    for argv, words in ((["--method", "sycam", "--sycam", "softmax(G)"], "reduce"),
+                        (["--sycam", "mean(G)"], "add --method sycam"),
+                        (["--method", "sycam"], "expression")):
+        rc, _, err = run(["explain", paths[0], *argv, "--layer", "conv", "--out", str(tmp_path / "bad")], capsys)
+        assert rc == 2 and words in err, err
+        assert not (tmp_path / "bad").exists()

@@ -13,6 +13,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -53,6 +54,9 @@ def add_parser(sub) -> None:
     p.add_argument("--method", nargs="+", default=["gradcam"], metavar="NAME",
                    help="one or more methods (see `jaxcam methods`), or 'all' for every method that applies to the "
                         "model and layer (default: gradcam)")
+    p.add_argument("--sycam", metavar="FORMULA|FILE",
+                   help="the channel-weight expression the 'sycam' method runs: a formula such as 'mean(G) * max(A)' "
+                        "or a JSON file written by jaxcam.sycam.save (see docs/sycam.md)")
     p.add_argument("--target", nargs="+", default=["top1"], metavar="CLASS",
                    help="class indices (one for every image, or one per image), 'top1' (each image's predicted "
                         "class; the default) or 'topK' such as 'top5' (each of the K most probable classes)")
@@ -97,24 +101,25 @@ def run(args) -> None:
 
     start = time.perf_counter()
     targets, requested, layers = check_options(args)
+    options = sycam_options(getattr(args, "sycam", None), requested)
     with output_directory(args.out) as out:  # removed again if the command fails before writing anything
         names, sources = read_images(args.images)
         images = decode(sources, args.max_pixels)
         model = load(args)
-        methods, skipped = applicable_methods(model, requested, layers)
+        methods, skipped = applicable_methods(model, requested, layers, options)
         files = output_stems(out, names, methods, model.num_classes)
         if skipped:
             print(f"jaxcam: note: --method all skips {', '.join(skipped)} on {model.name} ({NOT_GAP_FC})",
                   file=sys.stderr)
-        if requested == ["all"]:
-            print(f"jaxcam: note: --method all leaves out {all_needs_options()} (they need an input made in "
+        if requested == ["all"] and all_needs_options(options):
+            print(f"jaxcam: note: --method all leaves out {all_needs_options(options)} (they need an input made in "
                   "Python, passed as method_options: broadcam's weights from jaxcam.fit_broadcam, sycam's expression "
                   "from jaxcam.sycam.synthesize)", file=sys.stderr)
             for name, why in unavailable_methods(model).items():
                 print(f"jaxcam: note: --method all leaves out {name} on {model.name}: {why}", file=sys.stderr)
         x = model.preprocess(images)
         classes, probs = choose_classes(model, x, targets, args.batch_size)
-        maps = compute_maps(model, x, methods, classes, layers, args.batch_size)
+        maps = compute_maps(model, x, methods, classes, layers, args.batch_size, options)
         result = Explanation([display_name(n) for n in names], files, images, maps, classes, probs, class_labels(model), model.name,
                              [model.canonical_layer(ly) for ly in (layers or [None])])
         n_overlays = write_outputs(out, result, args.alpha, args.cmap)
@@ -185,15 +190,30 @@ def parse_layers(values) -> list | None:
     return [int(v) if re.fullmatch(r"-?\d+", v) else v for v in values]
 
 
-def all_needs_options() -> str:
+def all_needs_options(given: dict | None = None) -> str:
     """The registered methods that need an option without a default (BroadCAM's fitted weights, SyCAM's
-    expression)."""
+    expression) and were not given it."""
     from ..methods import METHODS
 
-    return ", ".join(m for m, spec in METHODS.items() if spec.requires)
+    return ", ".join(m for m, spec in METHODS.items() if spec.requires and m not in (given or {}))
 
 
-def applicable_methods(model, requested: list[str], layers) -> tuple[list[str], list[str]]:
+def sycam_options(value: str | None, requested: list[str]) -> dict:
+    """``method_options`` for ``--sycam``: a formula (parsed now, so a typo fails before any work) or an existing
+    file (loaded now). Given without the method asked for, it is an error rather than silently unused."""
+    from ..sycam import load, parse
+
+    if value is None:
+        return {}
+    if requested != ["all"] and "sycam" not in requested:
+        raise InvalidArgumentError("--sycam gives the expression of the 'sycam' method, but --method does not ask "
+                                   "for it (add --method sycam)")
+    path = Path(value)
+    expression = load(path) if path.suffix == ".json" or path.is_file() else parse(value)
+    return {"sycam": {"expression": expression}}
+
+
+def applicable_methods(model, requested: list[str], layers, options: dict | None = None) -> tuple[list[str], list[str]]:
     """``(methods to run, methods skipped)``. Each method's program is configured once here, which validates the
     layers against the model (UnknownLayerError); 'all' skips the methods that need a GAP+FC head when the layer is
     not followed by one, while a method named explicitly raises."""
@@ -204,10 +224,11 @@ def applicable_methods(model, requested: list[str], layers) -> tuple[list[str], 
 
     run, skipped = [], []
     for name in (list(METHODS) if requested == ["all"] else requested):
-        if requested == ["all"] and (METHODS[name].requires or name in unavailable_methods(model)):
+        opts = {name: options[name]} if options and name in options else None
+        if requested == ["all"] and ((METHODS[name].requires and not opts) or name in unavailable_methods(model)):
             continue  # BroadCAM's fitted weights exist only in Python; methods this model cannot run at any layer
         try:
-            explainer(model, name, layers)
+            explainer(model, name, layers, method_options=opts)
         except UnknownLayerError as exc:
             _swallowed("--layer", exc.name)
             if requested != ["all"] or not METHODS[name].gap_fc_only:
@@ -285,7 +306,8 @@ def method_groups(methods: list[str]) -> list[list[str]]:
     return [g for g in groups + [[m] for m in rest] if g]
 
 
-def compute_maps(model, x, methods: list[str], classes: np.ndarray, layers, batch_size: int) -> dict:
+def compute_maps(model, x, methods: list[str], classes: np.ndarray, layers, batch_size: int,
+                 options: dict | None = None) -> dict:
     """``{method: (N, K, H, W) maps}`` from one explain() call per method group x class rank x batch, with a
     progress bar on a terminal."""
     from tqdm import tqdm
@@ -302,7 +324,9 @@ def compute_maps(model, x, methods: list[str], classes: np.ndarray, layers, batc
             bar.set_postfix_str(group[0] + (f" +{len(group) - 1} more" if len(group) > 1 else ""))
             for rank in range(k):
                 for idx in chunks:
-                    out = explain(model, x[idx], group, targets=classes[idx, rank], layer=layers, preprocessed=True)
+                    opts = {m: o for m, o in (options or {}).items() if m in group}
+                    out = explain(model, x[idx], group, targets=classes[idx, rank], layer=layers, preprocessed=True,
+                                  method_options=opts)
                     for method in group:  # padded repeats write the same map twice
                         maps[method][idx, rank] = np.asarray(out[method])
                     bar.update()
