@@ -169,12 +169,14 @@ def test_evaluate_runs_region_ablation_drop(probe):
     direct = region_ablation_drop(probe, x, maps, table["class"], key=jax.random.key(3), how="mean", top=0.05)
     np.testing.assert_allclose(table["value"], np.asarray(direct), atol=1e-6)
     assert np.isfinite(table["value"]).all()
-    huge = {"region_ablation": {"min_area": S * S + 1}}  # no region survives: a clear error naming method and image
-    with pytest.raises(EmptyRegionsError, match=r"gradcam's maps: image 0: .*empty"):
-        jaxcam.evaluate(probe, images, "gradcam", ["region_ablation_drop"], metric_options=huge)
-    huge["region_ablation"]["empty"] = "zero"
+    huge = {"region_ablation": {"min_area": S * S + 1}}  # no region survives: scored 0 (nothing removed) ...
     zero = jaxcam.evaluate(probe, images, "gradcam", ["region_ablation_drop"], metric_options=huge)
     np.testing.assert_array_equal(zero["value"], 0.0)
+    huge["region_ablation"]["empty"] = "error"  # ... or, asked for, a clear error naming method and image
+    with pytest.raises(EmptyRegionsError, match=r"gradcam's maps: image 0: .*empty"):
+        jaxcam.evaluate(probe, images, "gradcam", ["region_ablation_drop"], metric_options=huge)
+    constant = region_ablation_drop(probe, x, np.zeros((2, S, S)), how="mean")
+    np.testing.assert_array_equal(constant, 0.0)
 
 
 def test_ablated_images_are_what_the_model_saw_and_the_summary_intervals(probe):

@@ -269,15 +269,17 @@ def ablated_images(images, result: RegionAblation, key=0, how: str = "blur") -> 
     return cam, control
 
 
-def region_ablation_drop(model, x, cams, targets=None, **options) -> jax.Array:
+def region_ablation_drop(model, x, cams, targets=None, *, empty: str = "zero", **options) -> jax.Array:
     """The explained class's probability drop ``p_c(x) - p_c(x')`` (N,) when the CAM's regions are ablated, for a
     preprocessed batch ``x`` (as the other model metrics take; un-normalised with the model's mean/std before the
     ablation). Higher: the map found what the model uses. ``cams`` at input or feature resolution (resized to the
     input); ``targets``: classes (None: the predicted ones); ``options``: those of :func:`region_ablation`
-    (``key``, ``how``, ``threshold``, ...). A map without regions (a constant map) raises
-    :class:`~jaxcam.regions.EmptyRegionsError` naming the image, unless ``empty="zero"`` scores it 0 (nothing
-    removed, nothing lost). ``jaxcam.evaluate(..., metrics=["region_ablation_drop"])`` runs it with the evaluation's
-    key and ``metric_options={"region_ablation": {...}}``."""
+    (``key``, ``how``, ``threshold``, ...). A map without regions (a constant map, which highlights nothing) scores
+    0 by default (``empty="zero"``: nothing removed, nothing lost; the lowest honest score, never a NaN), as the
+    other metrics score such maps rather than stop a whole evaluation; ``empty="error"`` raises
+    :class:`~jaxcam.regions.EmptyRegionsError` naming the image instead (the default of :func:`region_ablation`).
+    ``jaxcam.evaluate(..., metrics=["region_ablation_drop"])`` runs it with the evaluation's key and
+    ``metric_options={"region_ablation": {...}}``."""
     from .inputs import model_inputs
 
     x, cams, classes = model_inputs(model, x, cams, targets)
@@ -285,5 +287,5 @@ def region_ablation_drop(model, x, cams, targets=None, **options) -> jax.Array:
         classes = jnp.argmax(model.tapped.forward(model.params, x), axis=-1)
     sd, mu = (jnp.asarray(v, x.dtype).reshape(1, 1, 1, -1) for v in (model.std, model.mean))
     images = np.asarray(x * sd + mu)
-    return jnp.asarray(-region_ablation(model, images, np.asarray(cams), np.asarray(classes), **options)
-                       .explained_change)
+    return jnp.asarray(-region_ablation(model, images, np.asarray(cams), np.asarray(classes), empty=empty,
+                                        **options).explained_change)
