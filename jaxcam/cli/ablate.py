@@ -171,8 +171,6 @@ def read_maps_file(path: str, method: str) -> dict:
 def maps_for(maps_file: dict, names: list[str], model, x, args) -> tuple[np.ndarray, np.ndarray, str]:
     """``(cams, classes, layer)`` from --maps, checked against the images and the model input: a map stack of the
     wrong shape, or maps of other images, is a MapError."""
-    import jax
-
     path, cams = quote(maps_file["path"]), maps_file["maps"]
     n, size = len(names), tuple(x.shape[1:3])
     if cams.shape != (n, *size):
@@ -184,8 +182,8 @@ def maps_for(maps_file: dict, names: list[str], model, x, args) -> tuple[np.ndar
         raise MapError(f"--maps {path} holds the maps of {', '.join(maps_file['names'])[:200]}, not of the images "
                        f"given ({', '.join(names)[:200]}): pass the same images in the same order")
     classes = maps_file["classes"]
-    if classes is None or classes.shape != (n,):
-        classes = np.asarray(jax.numpy.argmax(model(x), axis=-1))
+    if classes is None or classes.shape != (n,):  # the predicted classes, as explain's default
+        classes = choose_classes(model, x, Targets(top=1), args.batch_size)[0][:, 0]
     if classes.dtype.kind not in "iu" or not ((classes >= 0) & (classes < model.num_classes)).all():
         raise MapError(f"--maps {path}: its classes must be {n} indices in 0..{model.num_classes - 1}, got "
                        f"{classes.tolist()}"[:300])
