@@ -120,6 +120,7 @@ def write(args, rows, winners, total, higher):
     sign = 1 if higher else -1
     beats_search = sum(sign * (a["search_score"] - b["search_score"]) >= -1e-9 for a, b in zip(sy, gc))
     beats_held = sum(sign * (a["held_out"] - b["held_out"]) > 0 for a, b in zip(sy, gc))
+    paired = mean_interval([a["held_out"] - b["held_out"] for a, b in zip(sy, gc)]) if len(sy) > 1 else None
     cps = [r["candidates_per_second"] for r in sy]
     cmd = f"python scripts/sycam_search.py{' --quick' if args.quick else ''}"
     md = ["# SyCAM: a CAM formula searched on one image set, checked on another", "",
@@ -134,7 +135,9 @@ def write(args, rows, winners, total, higher):
           Table.from_rows(summary).to_markdown(), "",
           f"- Search set: the winner scores at least as high as Grad-CAM's expression in {beats_search} of "
           f"{len(sy)} seed(s) (Grad-CAM's `mean(G)` is in the grammar, so it is always a candidate).",
-          f"- Held out: the winner beats Grad-CAM in {beats_held} of {len(sy)} seed(s).",
+          f"- Held out: the winner beats Grad-CAM in {beats_held} of {len(sy)} seed(s)"
+          + (f"; paired difference (winner - Grad-CAM) {paired[0]:+.3f} ± {paired[1]:.3f} (95 % Student-t over "
+             "seeds)." if paired else "."),
           f"- Candidates scored per second (vmapped batches of {args.score_batch}, compile excluded): "
           f"median {np.median(cps):.0f} (per seed: {', '.join(f'{c:.0f}' for c in cps)}); candidates scored per "
           f"seed: {', '.join(str(r['scored']) for r in sy)}.", "",
