@@ -194,3 +194,15 @@ def test_search_inputs_are_checked(tiny):
         Scorer(model, x, np.zeros(2, np.int32), acts, "iou", masks=np.zeros((2, 8, 8), bool))
     with pytest.raises(InvalidArgumentError, match="re-explains"):
         Scorer(model, x, np.zeros(2, np.int32), acts, "max_sensitivity")
+
+
+def test_a_model_metric_guides_the_search_in_its_direction(tiny):
+    """average_drop is lower-is-better: the winner's score is at most Grad-CAM's, and the scoring batch is capped so
+    a call runs at most max_images_per_call forwards."""
+    model, data = tiny
+    r = synthesize(model, data["image"][:6], metric="average_drop", labels=data["label"][:6],
+                   grammar=Grammar(terminals=("A", "G"), constants=(), unary=("mean", "relu"), binary=("*",)),
+                   max_size=3, rounds=0, max_images_per_call=24)
+    assert not r.higher_is_better
+    assert r.best_score <= r.known["gradcam"] + 1e-9
+    assert [s for _, s in r.top] == sorted(s for _, s in r.top)

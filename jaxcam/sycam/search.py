@@ -406,7 +406,7 @@ def synthesize(model, images, *, metric: str = "energy_pointing_game", masks=Non
                grammar: Grammar | None = None, max_size: int = 4, beam: int = 16, rounds: int = 2,
                score_batch: int = 64, probe: int = 8, max_spatial: int = 400, max_per_size: int = 20000,
                metric_options: Mapping | None = None, target="logit", preprocessed: bool = False, key=0,
-               batch_size: int = 8, progress: bool = False) -> SearchResult:
+               batch_size: int = 8, max_images_per_call: int = 1024, progress: bool = False) -> SearchResult:
     """Search for the channel-weight expression that scores best on ``metric`` over ``images``.
 
     Args:
@@ -419,7 +419,9 @@ def synthesize(model, images, *, metric: str = "energy_pointing_game", masks=Non
         saves K forwards and K head passes per image.
       max_size: the largest expression (in nodes) enumerated exhaustively; ``beam`` and ``rounds`` then grow the
         best candidates beyond it.
-      score_batch: candidates per scoring call; ``probe``: images the equivalence test compares on.
+      score_batch: candidates per scoring call; for a metric that runs the model, at most
+        ``max_images_per_call // N`` (the N images are tiled once per candidate). ``probe``: images the
+        equivalence test compares on.
       max_spatial, max_per_size: caps on the spatial terms kept (each holds N x h x w x K floats) and on the
         expressions kept per size, so memory and time stay bounded.
       key: the key of the metric's random choices (ROAD's noise); the search itself draws nothing.
@@ -441,6 +443,8 @@ def synthesize(model, images, *, metric: str = "energy_pointing_game", masks=Non
                                         batch_size=batch_size)
     terminal_seconds = time.perf_counter() - t0
     spec = METRICS[metric]
+    if spec.needs == "model":  # the images are tiled once per candidate: keep a scoring call to ~1024 forwards
+        score_batch = max(1, min(score_batch, max_images_per_call // x.shape[0]))
     scorer = Scorer(model, x, classes, values["A"], metric, masks=masks, metric_options=metric_options, key=key,
                     batch_size=None)
     search = _Search({k: v for k, v in values.items() if k in grammar.terminals or k == "A"}, grammar, scorer,
