@@ -162,7 +162,7 @@ class _Context:
 def evaluate(model, images, methods: str | Sequence[str] = ("gradcam",), metrics: Sequence[str] = DEFAULT_METRICS,
              targets=None, *, layer=None, masks=None, boxes=None, preprocessed: bool = False, key=0,
              batch_size: int | None = None, metric_options: Mapping[str, Mapping] | None = None,
-             method_options: Mapping[str, Mapping] | None = None) -> Table:
+             method_options: Mapping[str, Mapping] | None = None, return_maps: bool = False):
     """Explain ``images`` with every method in ``methods`` and score the maps with every metric in ``metrics``.
 
     Args:
@@ -173,8 +173,11 @@ def evaluate(model, images, methods: str | Sequence[str] = ("gradcam",), metrics
         :data:`METRICS` (e.g. ``{"deletion_insertion": {"steps": 50}, "road": {"percentiles": (20, 80)}}``).
       key: the seed or key of every random choice (ROAD's noise, faithfulness correlation's subsets, the noise of
         the stability metrics).
+      return_maps: also return the maps the metrics scored and the classes they explain, so a caller that shows
+        the maps (``jaxcam evaluate``'s pictures) does not explain the images a second time.
     Returns:
-      a :class:`jaxcam.table.Table` with columns image, class, method, metric, value, higher_is_better.
+      a :class:`jaxcam.table.Table` with columns image, class, method, metric, value, higher_is_better; with
+      ``return_maps=True`` the tuple ``(table, {method: maps (N, H, W)}, classes (N,))``.
     """
     names = _resolve_methods(methods)
     if isinstance(metrics, str):
@@ -211,4 +214,5 @@ def evaluate(model, images, methods: str | Sequence[str] = ("gradcam",), metrics
                     v = np.asarray(values[m], np.float64)
                     rows += [{"image": i, "class": int(cls[i]), "method": method, "metric": m, "value": float(v[i]),
                               "higher_is_better": METRICS[m].higher_is_better} for i in range(n)]
-    return Table.from_rows(rows, ["image", "class", "method", "metric", "value", "higher_is_better"])
+    table = Table.from_rows(rows, ["image", "class", "method", "metric", "value", "higher_is_better"])
+    return (table, {m: maps[m] for m in names}, cls) if return_maps else table

@@ -161,3 +161,64 @@ def test_ground_truth_is_scaled_to_the_model_input(data):
     from_files = cli_eval.read_masks(cli_eval.locate_masks(data["masks"], names), 224)
     assert from_files.shape == (2, 224, 224) and from_files.dtype == bool
     np.testing.assert_array_equal(from_files[0], masks[0])  # the mask drawn where box a is
+
+
+
+def _run_counting_explain_calls(data, tmp_path, monkeypatch, methods, metrics):
+    """Run ``jaxcam evaluate`` on two images, recording every explain() call's methods; returns
+    ``(calls, model, x, (rows, maps, classes))`` of the command's evaluation."""
+    import importlib
+
+    calls, seen = [], {}
+    evaluate_module, explain_module = (importlib.import_module(n) for n in ("jaxcam.evaluate", "jaxcam._explain"))
+    real_explain, real_evaluate = explain_module.explain, cli_eval._evaluate
+
+    def counting(model, images, method="gradcam", *a, **k):
+        calls.append(method)
+        return real_explain(model, images, method, *a, **k)
+
+    def spy(model, x, methods, metrics, masks, key):
+        seen.update(model=model, x=x, result=real_evaluate(model, x, methods, metrics, masks, key))
+        return seen["result"]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluate_module, "explain", counting)
+        patch.setattr(explain_module, "explain", counting)
+        patch.setattr(cli_eval, "_evaluate", spy)
+        assert main(["evaluate", *data["images"][:2], *MODEL, "--methods", *methods, "--metrics", *metrics,
+                     "--key", "3", "--out", str(tmp_path / "out")]) == 0
+    return calls, seen["model"], seen["x"], seen["result"]
+
+
+def test_each_map_is_computed_once(data, tmp_path, monkeypatch):
+    """Issue 17: one explain() call serves every method's metrics and the pictures; nothing explains again."""
+    methods = ["gradcam", "eigencam"]
+    calls, _, x, (rows, maps, classes) = _run_counting_explain_calls(data, tmp_path, monkeypatch, methods,
+                                                                      ["sparseness"])
+    assert calls == [methods]
+    assert list(maps) == methods and all(maps[m].shape == (2, *x.shape[1:3]) for m in methods)
+    assert classes.shape == (2,) and len(rows) == 2 * 2
+    csv = _read(tmp_path / "out", "metrics.csv").strip().splitlines()
+    assert [r.split(",")[2] for r in csv[1:]] == ["gradcam"] * 2 + ["eigencam"] * 2
+
+
+@pytest.mark.slow
+def test_rows_and_maps_equal_those_of_one_method_at_a_time(data, tmp_path, monkeypatch):
+    """The one shared call gives the rows and maps of evaluating, then explaining, one method at a time (the
+    command's former way, which computed every map twice): bit for bit, in the same order."""
+    from jaxcam import explain
+    from jaxcam.evaluate import evaluate
+    from jaxcam.table import Table
+
+    methods, metrics = ["gradcam", "eigencam"], ["sparseness", "average_drop"]
+    calls, model, x, (rows, maps, classes) = _run_counting_explain_calls(data, tmp_path, monkeypatch, methods,
+                                                                          metrics)
+    assert calls == [methods]
+    before = Table.concat([evaluate(model, x, [m], metrics, preprocessed=True, key=3) for m in methods])
+    assert rows.to_csv() == before.to_csv()
+    csv = _read(tmp_path / "out", "metrics.csv").strip().splitlines()
+    assert [r.split(",")[2:] for r in csv[1:]] == [r.split(",")[2:] for r in before.to_csv().strip().splitlines()[1:]]
+    for m in methods:
+        alone, _, cls = explain(model, x, m, preprocessed=True, key=3, return_logits=True)
+        np.testing.assert_array_equal(maps[m], np.asarray(alone))
+        np.testing.assert_array_equal(classes, np.asarray(cls))

@@ -270,19 +270,18 @@ def boxes_to_input_masks(boxes: list[np.ndarray], images: list, size: int) -> np
 
 
 def _evaluate(model, x, methods, metrics, masks, key):
-    """Every method, one at a time (a progress bar on a terminal): ``(rows, {method: maps}, classes)``."""
-    from tqdm.auto import tqdm
-
-    from .._explain import explain
+    """``(rows, {method: maps}, classes)`` from one :func:`jaxcam.evaluate` call: every method explained together
+    (one compiled program, one forward and one backward shared by the gradient methods), the metrics scored on
+    those maps, and the same maps returned for the pictures, so no map is computed twice. A method that cannot run
+    stops the command as before (the methods are checked against the model before any work)."""
     from ..evaluate import evaluate
-    from ..table import Table
 
-    tables, maps, classes = [], {}, None
-    for m in tqdm(methods, desc="evaluate (methods)", unit="method", disable=not sys.stderr.isatty()):
-        tables.append(evaluate(model, x, [m], metrics, masks=masks, preprocessed=True, key=key))
-        cams, _, classes = explain(model, x, m, preprocessed=True, key=key, return_logits=True)
-        maps[m] = np.asarray(cams)
-    return Table.concat(tables), maps, np.asarray(classes)
+    if sys.stderr.isatty():
+        print(f"evaluate: {len(methods)} method(s) x {len(metrics)} metric(s) on {x.shape[0]} image(s) ...",
+              file=sys.stderr, flush=True)
+    table, maps, classes = evaluate(model, x, list(methods), metrics, masks=masks, preprocessed=True, key=key,
+                                    return_maps=True)
+    return table, {m: np.asarray(maps[m]) for m in methods}, np.asarray(classes)
 
 
 def _named(table, names: list[str]):
