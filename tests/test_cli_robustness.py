@@ -58,14 +58,53 @@ def images(tmp_path_factory):
     return paths, str(d / "corrupt.png")
 
 
+EXPLAIN_CALLS = []  # (batch, methods, classes given) of every explain() call of the `full` run
+
+
 @pytest.fixture(scope="module")
 def full(images, tmp_path_factory):
-    """One uninterrupted run with the report: (out dir, rc, stdout, stderr)."""
+    """One uninterrupted run with the report: (out dir, rc, stdout, stderr); its explain() calls are recorded."""
+    import importlib
+
+    explain_module = importlib.import_module("jaxcam._explain")
+    real = explain_module.explain
+
+    def recording(model, x, method="gradcam", targets=None, *a, **k):
+        EXPLAIN_CALLS.append((np.shape(x)[0], tuple(method), targets is not None))
+        return real(model, x, method, targets, *a, **k)
+
     out = str(tmp_path_factory.mktemp("full") / "run")
     stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(explain_module, "explain", recording)
         rc = main(["robustness", *images[0], *TINY, "--image-batch", "2", "--out", out])
     return out, rc, stdout.getvalue(), stderr.getvalue()
+
+
+def test_the_example_maps_reuse_the_clean_pass_program(full):
+    """Issue 17: the report's example pictures (2 images x (clean + 2 severities) = 6) are explained in batches of
+    the run's clean pass (2 images), so one compiled explain program serves both; no other shape is compiled."""
+    assert full[1] == 0, full[3]
+    assert EXPLAIN_CALLS == [(2, ("gradcam", "eigencam"), False)] * (1 + 3)
+
+
+def test_explain_in_batches_pads_the_last_batch_and_drops_its_repeats():
+    calls = []
+
+    def fake_explain(model, x, methods, classes, **k):
+        calls.append((len(x), None if classes is None else classes.tolist()))
+        return {m: x[:, :, :, 0] + i for i, m in enumerate(methods)}, None, np.asarray(x[:, 0, 0, 0], np.int32)
+
+    x = np.arange(5, dtype=np.float32)[:, None, None, None] * np.ones((5, 3, 3, 1), np.float32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys.modules["jaxcam._explain"], "explain", fake_explain)
+        maps, cls = cli_rob.explain_in_batches(None, x, ["p", "q"], np.arange(5) * 10, 2, 0)
+    assert calls == [(2, [0, 10]), (2, [20, 30]), (2, [40, 40])]  # the last batch padded with its final image
+    np.testing.assert_array_equal(maps["p"], x[..., 0])
+    np.testing.assert_array_equal(maps["q"], x[..., 0] + 1)
+    assert cls.tolist() == [0, 1, 2, 3, 4]
+    assert cli_rob.clean_pass_batch(np.zeros((3, 8, 8, 3), np.float32), 8) == 3
+    assert cli_rob.clean_pass_batch(np.zeros((3, 8, 8, 3), np.float32), 2) == 2
 
 
 def test_run_writes_rows_summary_statistics_plots_and_a_self_contained_report(full):

@@ -332,11 +332,11 @@ def _summary_markdown(summ) -> str:
 
 def example_maps(model, source, rows, args) -> list[tuple[str, bytes]]:
     """Clean versus noisy maps (overlays) of the first images, the first noise, every severity, draw 0: the very
-    noisy images of the run (same keys), explained again in one batch. ``[(image id, PNG)]``."""
+    noisy images of the run (same keys), explained again (the run keeps similarities, not maps) in batches of the
+    run's clean passes, so the run's compiled explain program serves them. ``[(image id, PNG)]``."""
     import jax
 
     from .. import noise as N
-    from .._explain import explain
     from ..datasets import as_source
     from ..plots import picture_grid
     from ..robustness import image_hash
@@ -359,10 +359,9 @@ def example_maps(model, source, rows, args) -> list[tuple[str, bytes]]:
     noisy = np.asarray(noisy).reshape(n, k, *pixels.shape[1:])
     stack = np.concatenate([pixels[:, None], noisy], 1).reshape(-1, *pixels.shape[1:])  # per image: clean, levels
     classes = None if args.explain_class == "new_prediction" else np.repeat(clean_cls, k + 1)
-    maps, logits, cls = explain(model, _normalise(model, stack), methods, classes, preprocessed=True,
-                                key=args.key, return_logits=True)
+    maps, cls = explain_in_batches(model, _normalise(model, stack), methods, classes,
+                                   clean_pass_batch(source, args.image_batch), args.key)
     labels = list(model.class_names) if model.class_names else None
-    cls = np.asarray(cls)
     out = []
     for i, image_id in enumerate(np.asarray(batch["id"]).astype(str).tolist()):
         sel = slice(i * (k + 1), (i + 1) * (k + 1))
@@ -372,6 +371,37 @@ def example_maps(model, source, rows, args) -> list[tuple[str, bytes]]:
         cols = ["clean"] + [f"{noise} {lv}" for lv in levels]
         out.append((image_id, picture_grid(pictures, methods, cols, notes)))
     return out
+
+
+def clean_pass_batch(source, image_batch: int) -> int:
+    """The batch of the run's first clean pass (``image_batch`` images, fewer when the source has fewer): explaining
+    the example pictures at this batch reuses that compiled program instead of compiling one for another shape."""
+    from ..datasets import as_source
+
+    try:
+        n = len(as_source(source))
+    except TypeError:  # a stream of unknown length
+        return image_batch
+    return max(1, min(image_batch, n))
+
+
+def explain_in_batches(model, x: np.ndarray, methods: list[str], classes, batch: int, key):
+    """``({method: maps (N, H, W)}, explained classes (N,))`` from explain() calls of ``batch`` images each, the
+    last padded with its final image (whose repeated maps are dropped), so every call has one shape. A map does not
+    depend on the other images of its batch, so the maps are those of one call over all of ``x``."""
+    from .._explain import explain
+
+    n = len(x)
+    maps, explained = {m: [] for m in methods}, []
+    for start in range(0, n, batch):
+        idx = np.minimum(np.arange(start, start + batch), n - 1)
+        got, _, cls = explain(model, x[idx], list(methods), None if classes is None else np.asarray(classes)[idx],
+                              preprocessed=True, key=key, return_logits=True)
+        keep = min(batch, n - start)
+        for m in methods:
+            maps[m].append(np.asarray(got[m])[:keep])
+        explained.append(np.asarray(cls)[:keep])
+    return {m: np.concatenate(v) for m, v in maps.items()}, np.concatenate(explained)
 
 
 def _normalise(model, pixels: np.ndarray) -> np.ndarray:
