@@ -99,6 +99,26 @@ def _env_lines(results: dict) -> list[str]:
     return lines
 
 
+def profile_lines(unit: dict) -> list[str]:
+    """The ``profile`` unit's summary: timing, cost analysis and the XLA ops that took the most time."""
+    p, m = unit["profile"], unit["measurements"][0]
+    ca = m.get("cost_analysis", {})
+    lines = [f"- {m['label']}, {p['model']} batch {p['batch']} at {p['size']} px on {p.get('device_kind', '?')}: "
+             f"median {_num(m['median_s'] * 1e3)} ms, compile {_num(m.get('compile_s'))} s; "
+             f"cost analysis {_num(ca.get('flops', 0) / 1e9)} GFLOP, {_num(ca.get('bytes accessed', 0) / 2 ** 20)} MiB "
+             f"accessed" + (f", {_num(m['achieved_tflop_s'])} TFLOP/s achieved" if m.get("achieved_tflop_s") else ""),
+             f"- trace: `{p.get('trace_dir', '-')}` ({p.get('calls_traced', '?')} calls)"]
+    ops = p.get("op_times") or {}
+    if p.get("trace_error"):
+        lines.append(f"- trace unavailable: {p['trace_error']}")
+    elif "top" in ops:
+        lines.append(f"- {ops['ops']} XLA ops, {_num(ops['total_ms'])} ms in the traced calls; by kind: " +
+                     ", ".join(f"{k} {_num(v)} ms" for k, v in list(ops["by_kind_ms"].items())[:6]))
+        lines += ["", "| op | ms (all traced calls) | share | count |", "|---|---|---|---|"]
+        lines += [f"| {o['op']} | {_num(o['ms'])} | {o['share']:.1%} | {o['count']} |" for o in ops["top"][:12]]
+    return lines
+
+
 def markdown(results: dict) -> str:
     """The whole markdown report of ``results``."""
     suite = results.get("suite", {})
@@ -132,6 +152,9 @@ def markdown(results: dict) -> str:
             parts.append(f"| {e['model']} | {e['batch']} | {e['size']} | {e['side']} | "
                          f"{_num(e['peak_first_bytes'] / 2 ** 20)} | {_num(e['peak_steady_bytes'] / 2 ** 20)} | "
                          f"{temp} |")
+    profiles = [(k, u) for k, u in units.items() if u.get("profile") and u.get("measurements")]
+    for k, u in profiles:
+        parts += ["", f"## Profile: {k}", "", *profile_lines(u)]
     notes = [(k, n) for k, u in units.items() for n in u.get("notes", [])]
     other = [(k, u) for k, u in units.items() if u.get("status") not in (None, "ok")]
     if notes or other:

@@ -3,6 +3,7 @@ answers, run.py's arguments and plan, and ``jaxcam bench``'s errors. Fast, and w
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -178,6 +179,73 @@ def test_plan_covers_every_workload():
     keys = [k for k, _, _ in full]
     assert len(keys) == len(set(keys))
     assert keys.index("methods/resnet50") < keys.index("all_gradient/resnet50")  # pgc timings reused
+
+
+def test_accelerator_plan_lists_the_gpu_units(capsys):
+    assert suite_run.main(["--accelerator", "--list"]) == 0
+    out = capsys.readouterr().out
+    full = suite_run.accelerator_plan()
+    keys = [k for k, _, _, _ in full]
+    assert len(keys) == len(set(keys)) and all(k in out for k in keys)
+    for w in ("gradcam", "all_gradient"):
+        assert sorted(c["batch"] for _, x, c, _ in full if x == w) == [8, 32, 128, 256]
+    assert {w for _, w, _, _ in full} == {"gradcam", "all_gradient", "bf16", "scorecam", "ablationcam", "robustness",
+                                          "profile"}
+    assert next(c for _, w, c, _ in full if w == "profile")["batch"] == 256
+    assert "--batch" in (argv := next(c for _, w, c, _ in full if w == "robustness")["argv"])
+    assert argv[argv.index("--batch") + 1] == "64"
+    assert all(c["model"] == "resnet50" for _, w, c, _ in full if w != "robustness")
+    # the budget covers the most informative units; the estimates of everything stay near 8 minutes
+    assert sum(e for *_, e in full) <= 600 and suite_run.ACCELERATOR_BUDGET_S + 30 <= 480
+    assert [k for k, *_ in full[:3]] == ["gradcam/resnet50/b8", "gradcam/resnet50/b256", "profile/resnet50/b256"]
+    quick = suite_run.accelerator_plan(quick=True)
+    assert {c.get("model", "resnet18") for _, w, c, _ in quick if w != "robustness"} == {"resnet18"}
+    assert {w for _, w, _, _ in quick} == {w for _, w, _, _ in full}
+    with pytest.raises(SystemExit):
+        suite_run.main(["--accelerator", "--models", "vgg16", "--list"])
+
+
+def test_accelerator_budget_skips_what_does_not_fit(tmp_path):
+    out = tmp_path / "acc"
+    assert suite_run.main(["--accelerator", "--quick", "--only", "profile", "--budget", "1", "--out", str(out)]) == 0
+    res = json.loads((tmp_path / "acc.json").read_text())
+    (unit,) = res["units"].values()
+    assert unit["status"] == "skipped" and "budget" in unit["reason"] and res["suite"]["budget_s"] == 1
+    assert "skipped" in (tmp_path / "acc.md").read_text()
+
+
+def test_accelerator_quick_profile_runs_without_torch(tmp_path):
+    """The jaxcam-only path of ``--accelerator --quick``: the profile unit end to end (trace, per-op times, cost
+    analysis, JSON and markdown) in a process that never imports torch."""
+    out = tmp_path / "acc"
+    code = ("import runpy, sys; sys.argv = ['benchmarks/run.py', '--accelerator', '--quick', '--only', 'profile', "
+            f"'--out', {str(out)!r}]\ntry:\n    runpy.run_path('benchmarks/run.py', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\nassert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=300)
+    res = json.loads((tmp_path / "acc.json").read_text())
+    unit = res["units"]["profile/resnet18/b4"]
+    assert unit["status"] == "ok", unit.get("error")
+    ops = unit["profile"]["op_times"]
+    assert ops["ops"] > 0 and ops["total_ms"] > 0 and ops["top"][0]["ms"] >= ops["top"][-1]["ms"]
+    assert unit["measurements"][0]["cost_analysis"]["flops"] > 0
+    assert (tmp_path / "acc-trace").is_dir() and "## Profile: profile/resnet18/b4" in (tmp_path / "acc.md").read_text()
+
+
+def test_op_times_reads_a_trace(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    import jax_side
+
+    f = jax.jit(lambda a: jnp.tanh(a @ a).sum())
+    a = jnp.ones((64, 64))
+    f(a).block_until_ready()
+    with jax.profiler.trace(str(tmp_path)):
+        f(a).block_until_ready()
+    (pb,) = tmp_path.glob("**/*.xplane.pb")
+    ops = jax_side.op_times(str(pb))
+    assert ops["ops"] >= 1 and ops["total_ms"] > 0 and sum(ops["by_kind_ms"].values()) == pytest.approx(
+        ops["total_ms"])
+    assert jax_side.cost_analysis(f.lower(a).compile())["flops"] >= 2 * 64 ** 3
 
 
 def test_suite_modules_import_without_torch():
