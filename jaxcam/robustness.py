@@ -320,8 +320,10 @@ def _has_parts(out_dir: str) -> bool:
     return os.path.isdir(parts) and any(f.endswith(".parquet") for f in os.listdir(parts))
 
 
-def _check_existing(out_dir: str, cfg: RunConfig, resume: bool) -> None:
-    """Refuse, before anything is written, a directory that holds another run, or results without ``resume``."""
+def _check_existing(out_dir: str, cfg: RunConfig, resume: bool, process_index: int = 0) -> None:
+    """Refuse, before anything is written, a directory that holds another run, or results without ``resume``. In a
+    run of several processes, the parts of the others (which may start earlier) are expected: only a process that
+    has started in this directory before (its manifest exists) needs ``resume``."""
     path = os.path.join(out_dir, "run.json")
     if not os.path.exists(path):
         return
@@ -333,7 +335,8 @@ def _check_existing(out_dir: str, cfg: RunConfig, resume: bool) -> None:
     if have != want:
         diff = {k: (have.get(k), want[k]) for k in want if have.get(k) != want[k]}
         raise RunConfigError(f"{out_dir} holds a run with another configuration ({diff}); use a new directory")
-    if not resume and has_parts:
+    started = cfg.processes == 1 or os.path.exists(_manifest_path(out_dir, process_index))
+    if not resume and has_parts and started:
         raise RunConfigError(f"{out_dir} already holds results; pass resume=True to continue that run")
 
 
@@ -496,7 +499,8 @@ def run(model, source, out_dir: str, *, methods: Sequence[str] = PAPER_METHODS,
         the local device count).
       resume: continue a run already started in ``out_dir`` (its ``run.json`` must match): only missing or damaged
         parts, and the batches whose items changed, are computed; without it an existing non-empty run is an
-        error, so nothing is overwritten by accident.
+        error, so nothing is overwritten by accident (in a run of several processes, another process's parts are
+        not: each process needs ``resume`` only where it has started before).
       dataset, model_name: the names written in the rows (default: the source's and the architecture's).
       max_chunks: stop after computing this many chunks (tests; a partial run resumes like a killed one).
       process: ``(index, count)`` of this process's share (default ``jax.process_index(), jax.process_count()``):
@@ -513,7 +517,7 @@ def run(model, source, out_dir: str, *, methods: Sequence[str] = PAPER_METHODS,
                                        explain_class, image_batch, chunk, size, rbo_p, layer, dataset, model_name,
                                        max_chunks)
     out_dir = check_out_dir(out_dir)
-    _check_existing(out_dir, cfg, resume)
+    _check_existing(out_dir, cfg, resume, shard[0])
     plan, skipped = _plan(src, cfg, shard)
     _start(out_dir, cfg, shard, src, plan, skipped)
     jobs = cfg.grid().jobs()  # (noise_index, level, draw) arrays, in the grid's documented order

@@ -138,6 +138,18 @@ def test_process_shares_resume_on_new_data_like_a_fresh_split_run(tmp_path):
     assert_once_each(both, ["a.png", "b.png", "c.png", "d.png"])
 
 
+def test_a_process_starting_after_its_peers_wrote_parts_needs_no_resume_but_a_restart_does(tmp_path):
+    """Processes of one run start at different times: another process's parts are expected, not an old result."""
+    images = np.random.default_rng(1).random((4, 32, 32, 3)).astype(np.float32)
+    out = str(tmp_path / "run")
+    R.run(toy_model(), images, out, **TINY, process=(0, 2))
+    both = R.run(toy_model(), images, out, **TINY, process=(1, 2))  # no resume: process 1 has not started here
+    assert_once_each(both, ["0", "1", "2", "3"])
+    for index in (0, 1):  # a process that has started in this directory before must say resume
+        with pytest.raises(R.RunConfigError, match="resume=True"):
+            R.run(toy_model(), images, out, **TINY, process=(index, 2))
+
+
 def test_an_item_that_changes_during_the_run_is_refused_before_its_batch_is_written(tmp_path, monkeypatch):
     data = folder(tmp_path / "data", {"a": 1, "b": 2})
     out = str(tmp_path / "run")
