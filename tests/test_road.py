@@ -119,3 +119,30 @@ def test_road_noise_is_drawn_in_pixel_units_by_default():
     np.testing.assert_allclose(a, b, atol=1e-6)
     with pytest.raises(ValueError, match="noise space"):
         road(model, x, cams, space="lab")
+
+
+def _reference_impute(img, keep, tol=1e-7):
+    """The (H, W, C) formulation of the imputation (before the flat layout): the same system, written plainly."""
+    offsets = (((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12), ((0, -1), 1 / 6),
+               ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6))
+
+    def nsum(v):
+        h, w = v.shape[:2]
+        pad = jnp.pad(v, ((1, 1), (1, 1), (0, 0)))
+        return sum(wt * pad[1 + di:1 + di + h, 1 + dj:1 + dj + w] for (di, dj), wt in offsets)
+
+    u = (~keep).astype(img.dtype)[..., None]
+    valid, b = nsum(jnp.ones_like(img[..., :1])), u * nsum(img * (1 - u))
+    x0 = u * jnp.sum(img * (1 - u), axis=(0, 1), keepdims=True) / jnp.maximum(jnp.sum(1 - u), 1.0)
+    x, _ = jax.scipy.sparse.linalg.cg(lambda v: u * (valid * v - nsum(u * v)) + (1 - u) * v, b, x0=x0, tol=tol,
+                                      maxiter=2000)
+    return jnp.where(u > 0, x, img)
+
+
+@pytest.mark.parametrize("shape", [(24, 20, 3), (17, 9, 1)])
+def test_flat_imputation_matches_the_channel_last_system(shape):
+    rng = np.random.default_rng(3)
+    img = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
+    smooth = jax.image.resize(jnp.asarray(rng.uniform(size=(3, 3)).astype(np.float32)), shape[:2], "bilinear")
+    for keep in (smooth < 0.5, smooth < 0.9, jnp.zeros(shape[:2], bool), jnp.ones(shape[:2], bool)):
+        np.testing.assert_allclose(impute(img, keep), _reference_impute(img, keep), atol=1e-5)
