@@ -18,7 +18,8 @@ Workloads (``benchmarks/workloads.py`` says how each is measured):
   size_sweep    Grad-CAM at 224 and 448 px
   bf16          per model: compute_dtype="bfloat16" beside float32 (throughput ratio, map agreement)
   robustness    the noise-robustness grid (bench_robustness.py's machinery; the baseline is extrapolated)
-  metrics       ROAD, deletion/insertion, Average Drop (bench_metrics.py's machinery)
+  metrics       ROAD, deletion/insertion, Average Drop (bench_metrics.py's machinery); ROAD timed as a user calls
+                it (default noise) alternating with its 2 x 9 x N forwards alone: "x own forwards" in the notes
   first_map     time to the first map in a fresh process, cold and warm JAX compilation cache, import apart
   memory        peak memory of Grad-CAM in a fresh process per side (RSS on CPU, allocator peaks on CUDA), and
                 the compiled XLA program's memory_analysis()

@@ -324,3 +324,32 @@ def test_hand_written_gradcam_matches_jaxcam():
     ours = np.asarray(jax.block_until_ready(jaxcam.explain(model, x, "gradcam", preprocessed=True)))
     harness.check_agreement("hand-written", ours, hw(hw.prepare(xt)).numpy())
     assert TB.hooks_left(tm) == 0
+
+
+# ----------------------------------------------------------------------------------------- ROAD's own floor
+def test_road_timing_records_its_forwards_alone():
+    """The suite's ROAD measurement: ROAD as a user calls it, alternating with its 2 x 9 x N forwards alone (the same
+    chunks, no imputation), and the ratio of the two; no torch needed."""
+    import jax.numpy as jnp
+
+    import bench_metrics as BM
+    import jaxcam
+    from jaxcam import metrics as M
+    from tests.toy import toy_input, toy_model
+
+    model, x = toy_model(), toy_input()
+    cams = jaxcam.explain(model, x, "gradcam", layer="relu", preprocessed=True)
+    fwd, n = BM.road_forwards(model, x)
+    assert n == 2 * 9 * x.shape[0] and np.asarray(fwd()).size >= n
+    calls = []
+
+    def road():
+        calls.append(1)
+        return np.asarray(M.road(model, x, cams, which="combined"))
+
+    t = BM.road_timing(model, x, cams, 2, road)
+    assert len(calls) == 3  # compile, then 2 timed calls
+    assert t["jaxcam"]["repeats"] == 2 and t["forwards_alone"]["forwards"] == n
+    assert t["x_forwards"] == pytest.approx(t["jaxcam"]["median_s"] / t["forwards_alone"]["median_s"])
+    assert t["x_forwards_pairs"] > 0 and 0 <= t["other_processes_share"] <= 1
+    assert jnp.isfinite(jnp.asarray(road())).all()
