@@ -2,10 +2,13 @@
 
     python scripts/region_ablation.py            # 3 seeds, 48 px
     python scripts/region_ablation.py --quick    # a smoke run (< 1 min of training)
+    python scripts/region_ablation.py --decoy-shapes 0.5   # the cue model's training images: half have a decoy shape
 
 Per seed two ReferenceCNNs are trained with cross-entropy through ``jaxcam.train.fit`` (no flip augmentation, which
 would move the top-left cue): the *clean* model on the benchmark without the cue, the *cue* model on the benchmark
-whose training split plants the label-coloured cue. Both are scored on the same images carrying a cue
+whose training split plants the label-coloured cue (with ``--decoy-shapes F`` a fraction F of those training images
+draw their object with a random class's shape, so only the cue gives their label: the cue becomes the signal the
+model should rely on; ``jaxcam.synthetic``'s ``decoy_shapes``). Both are scored on the same images carrying a cue
 (``--eval-split train``: a fresh draw whose cue agrees with the label, so a model that learned the shortcut can
 use it; ``test``: its colour independent of the label). For each image the Grad-CAM of the *predicted* class (what
 the model used) at ``stage3`` is cut into regions (``jaxcam.regions.cam_regions``, threshold 0.5, at most 5), and
@@ -43,6 +46,8 @@ def parse(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--how", default="blur", choices=("blur", "mean", "noise", "inpaint"))
     p.add_argument("--eval-split", default="train", choices=("train", "test"))
+    p.add_argument("--decoy-shapes", type=float, default=0.0, metavar="F",
+                   help="fraction of the cue model's training images drawn with a random class's shape (default 0)")
     a = p.parse_args(argv)
     if a.dataset != "synthetic":
         p.error("region_ablation needs the synthetic benchmark (--dataset synthetic): it scores against the cue")
@@ -67,7 +72,8 @@ def run_seed(args, seed):
     evals = synthetic_arrays(10_000 + seed, args.test_images, spurious=True, split=args.eval_split, **kw)
     rows = []
     for name, spurious in (("clean", False), ("cue", True)):
-        train = synthetic_arrays(seed, args.train_images, spurious=spurious, **kw)
+        decoys = {"decoy_shapes": args.decoy_shapes} if spurious and args.decoy_shapes else {}
+        train = synthetic_arrays(seed, args.train_images, spurious=spurious, **decoys, **kw)
         model = jaxcam.reference_model(seed, num_classes=args.classes, size=args.size, widths=tuple(args.widths))
         model = fit(model, {"image": train["image"], "label": train["label"]}, steps=args.steps,
                     batch_size=args.batch_size, learning_rate=args.learning_rate, augment=(), key=seed,
@@ -133,8 +139,11 @@ def main(argv=None):
     per_seed.to_csv(args.out / "region_ablation.csv")
     summary = Table.from_rows(summarise(rows))
     lines = ["# CAM region ablation: the spurious cue", "",
-             f"`python scripts/region_ablation.py{' --quick' if args.quick else ''}`: {args.seeds} seed(s), "
-             f"{args.size} px, {args.train_images} training images, {args.steps} steps, {args.test_images} "
+             f"`python scripts/region_ablation.py{' --quick' if args.quick else ''}"
+             f"{f' --decoy-shapes {args.decoy_shapes:g}' if args.decoy_shapes else ''}`: {args.seeds} seed(s), "
+             f"{args.size} px, {args.train_images} training images"
+             f"{f' (the cue model: {args.decoy_shapes:.0%} of them with a decoy shape)' if args.decoy_shapes else ''}"
+             f", {args.steps} steps, {args.test_images} "
              f"evaluation images (split `{args.eval_split}`, cue planted), ablation `{args.how}`, Grad-CAM of the "
              f"predicted class at stage3, regions at threshold 0.5 (at most 5); {time.time() - t0:.0f} s.", "",
              "Means over seeds with 95 % Student-t intervals. `cue_first`: the region whose removal lowers the "
