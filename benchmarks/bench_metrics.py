@@ -231,5 +231,28 @@ def road_timing(model, x, cams, repeats: int, road_fn) -> dict:
                      "one run has its noise replaced by zeros (the same work)"}
 
 
+def road_floor(S, model: str, batch: int, size: int) -> dict:
+    """The ``road_floor`` workload (``benchmarks/run.py --accelerator``; jaxcam only, no torch): ROAD combined as a
+    user calls it on ``batch`` photographs with Grad-CAM maps, against its own forwards alone (:func:`road_timing`),
+    on whatever device JAX runs (imputations vmapped on accelerators)."""
+    from harness import photos
+
+    from jaxcam.models import random_state_dict
+
+    m = jaxcam.load_model(model, weights=random_state_dict(model, seed=0))
+    x = jax.block_until_ready(jax.device_put(photos(batch, size, m.arch.mean, m.arch.std)))
+    cams = jax.block_until_ready(jaxcam.explain(m, x, "gradcam", preprocessed=True))
+    t = road_timing(m, x, cams, max(2, S.repeats), lambda: np.asarray(M.road(m, x, cams, which="combined")))
+    fa = t["forwards_alone"]
+    note = (f"road_combined: {t['jaxcam']['median_s'] * 1e3:.1f} ms (default noise) = {t['x_forwards']:.2f}x its "
+            f"{fa['forwards']} forwards alone ({fa['median_s'] * 1e3:.1f} ms; per-pair median "
+            f"{t['x_forwards_pairs']:.2f}x) on {jax.devices()[0].device_kind}")
+    S.log("  " + note)
+    return {"workload": "road_floor", "config": {"model": model, "batch": batch, "size": size},
+            "measurements": [{"label": "jaxcam road_combined (defaults)", **t["jaxcam"]},
+                             {"label": "ROAD's forwards alone", **fa}],
+            "rows": [], "notes": [note], "road": t}
+
+
 if __name__ == "__main__":
     main()

@@ -23,6 +23,8 @@ Workloads (``benchmarks/workloads.py`` says how each is measured):
   first_map     time to the first map in a fresh process, cold and warm JAX compilation cache, import apart
   memory        peak memory of Grad-CAM in a fresh process per side (RSS on CPU, allocator peaks on CUDA), and
                 the compiled XLA program's memory_analysis()
+  road_floor    (``--accelerator``) ROAD combined as a user calls it (8 images, imputations vmapped) against its own
+                144 forwards alone (jaxcam only, no torch)
   profile       (``--accelerator``) the batch-256 Grad-CAM program: a jax.profiler trace in <PREFIX>-trace/, the
                 time per XLA op read back from it, and the compiled program's cost_analysis() (jaxcam only, no torch)
 
@@ -31,18 +33,20 @@ per-model workloads; the single-model ones on ResNet-50 (the slow pytorch-grad-c
 batch 1). ``--quick``: ResNet-18 only, batch <= 4, 96-112 px, 2 repeats, every workload kind, the slow
 pytorch-grad-cam baselines on 64 channels (layer1) and 1 image, the robustness grid on 3 fast methods (a few
 minutes).
-``--accelerator``: the GPU-relevant units in one command that installs nothing (the ``torch`` extra and a CUDA jaxlib
-must already be there), ResNet-50 at 224 px: Grad-CAM (``gradcam``: pytorch-grad-cam, torchcam, the compiled
-hand-written split PyTorch, the floors) and the seven gradient methods in one call (``all_gradient``) at batch 8, 32,
-128 and 256, bf16 against fp32 at batch 256, Score-CAM and Ablation-CAM at batch 4, the robustness grid at 64
-images, and the ``profile`` of the batch-256 Grad-CAM program. Sized for 8 minutes of device time on an H100/H200:
-each unit carries an estimate (``--list`` prints them) and a unit whose estimate no longer fits ``--budget`` (default
-450 s of units) is skipped and recorded as such, most informative units first. The estimates: ResNet-50 Grad-CAM is
-~8 GFLOP per image, the 2-core CPU does batch 8 in ~0.3 s (~200 GFLOP/s), an H100 sustains ~25 TFLOP/s on this
-(~100x), so every timed call is under 0.5 s and the units are dominated by compilation: ~10-15 s per XLA program,
-~45 s per torch.compile (a static graph at the first batch, one dynamic recompilation after), and
-pytorch-grad-cam's Score-CAM/Ablation-CAM at 2048 channels (~4 x 2048 forwards, ~8 s a call). ``--accelerator
---quick`` is the same plan on ResNet-18 at 64-96 px with batches 2 and 4 (a CPU check that the command works).
+
+``--accelerator``: the GPU-relevant units in one command that installs nothing (the ``torch`` extra and a CUDA
+jaxlib must already be there), ResNet-50 at 224 px: Grad-CAM (``gradcam``: pytorch-grad-cam, torchcam, the compiled
+hand-written split PyTorch, the floors) and the seven gradient methods in one call (``all_gradient``) at batch 8,
+32, 128 and 256, ROAD against its own forwards (``road_floor``), bf16 against fp32 at batch 256, Score-CAM and
+Ablation-CAM at batch 4, the robustness grid at 64 images, and the ``profile`` of the batch-256 Grad-CAM program.
+Sized for 8 minutes of device time on an H100/H200: each unit carries an estimate (``--list`` prints them) and a
+unit whose estimate no longer fits ``--budget`` (default 450 s of units) is skipped and recorded as such, most
+informative units first. The estimates: ResNet-50 Grad-CAM is ~8 GFLOP per image, the 2-core CPU does batch 8 in
+~0.3 s (~200 GFLOP/s), an H100 sustains ~25 TFLOP/s on this (~100x), so every timed call is under 0.5 s and the
+units are dominated by compilation: ~10-15 s per XLA program, ~45 s per torch.compile (a static graph at the first
+batch, one dynamic recompilation after), and pytorch-grad-cam's Score-CAM/Ablation-CAM at 2048 channels (~4 x 2048
+forwards, ~8 s a call). ``--accelerator --quick`` is the same plan on ResNet-18 at 64-96 px with batches 2 and 4 (a
+CPU check that the command works).
 
 Every CAM is compared with its baseline before anything is timed. Threads are pinned for both libraries
 (``--threads``, default: the CPUs this process may use; torch.set_num_threads and XLA's intra-op threads) and
@@ -67,8 +71,9 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 WORKLOADS = ("gradcam", "methods", "all_gradient", "scorecam", "ablationcam", "batch_sweep", "size_sweep", "bf16",
-             "robustness", "metrics", "first_map", "memory", "profile")
-JAX_ONLY = ("profile",)  # workloads that need neither torch nor the reference libraries
+             "robustness", "metrics", "first_map", "memory", "profile", "road_floor")
+JAX_ONLY = ("profile", "road_floor")  # workloads that need neither torch nor the reference libraries
+ACCELERATOR_ONLY = ("road_floor",)  # on the CPU, the ``metrics`` unit measures the same (and the reference)
 ACCELERATOR_BUDGET_S = 450.0  # of units; with the process start (~30 s) within 8 minutes of device time
 PER_MODEL = ("gradcam", "all_gradient", "bf16")  # run for every model of --models
 FULL_MODELS = ("resnet18", "resnet50", "vgg16", "efficientnet_lite0")
@@ -187,6 +192,8 @@ def accelerator_plan(quick: bool = False) -> list[tuple[str, str, dict, float]]:
              (f"gradcam/{m}/b{last}", "gradcam", dict(model=m, batch=last, size=s), 60.0),
              (f"profile/{m}/b{big}", "profile", dict(model=m, batch=big, size=s, method="gradcam"), 20.0),
              (f"all_gradient/{m}/b{last}", "all_gradient", dict(model=m, batch=last, size=s), 30.0),
+             (f"road_floor/{m}/b{2 if quick else 8}", "road_floor",
+              dict(model=m, batch=2 if quick else 8, size=64 if quick else s), 40.0),
              (f"bf16/{m}/b{big}", "bf16", dict(model=m, batch=big, size=s), 45.0),
              (f"scorecam/{m}", "scorecam", dict(model=m, batch=cam_batch, size=s, **cam), 40.0),
              (f"ablationcam/{m}", "ablationcam", dict(model=m, batch=cam_batch, size=s, **cam), 40.0),
@@ -242,8 +249,10 @@ def main(argv=None) -> int:
 
         assert set(W.WORKLOADS) == set(WORKLOADS), "run.py and workloads.py list different workloads"
         run_unit = W.WORKLOADS
-    else:  # a jaxcam-only run (``--only profile``): no torch imported
-        run_unit = {"profile": J.profile}
+    else:  # a jaxcam-only run (``--only profile road_floor``): no torch imported
+        import bench_metrics as BM
+
+        run_unit = {"profile": J.profile, "road_floor": BM.road_floor}
     results = {"units": {}}
     if args.resume and os.path.exists(path):
         with open(path) as f:
@@ -288,8 +297,8 @@ def main(argv=None) -> int:
                 print(f"== {key}: already done, skipped", flush=True)
                 continue
             if budget is not None and key in estimates and units_s + estimates[key] > budget:
-                reason = (f"the budget: {units_s:.0f} s of units done, this one is estimated at {estimates[key]:.0f} s, "
-                          f"the budget is {budget:g} s")
+                reason = (f"the budget: {units_s:.0f} s of units done, this one is estimated at "
+                          f"{estimates[key]:.0f} s, the budget is {budget:g} s")
                 print(f"== {key}: skipped ({reason})", flush=True)
                 results["units"][key] = {**new_unit(workload, cfg), "status": "skipped", "reason": reason}
                 save()

@@ -645,4 +645,4 @@ def memory(S: Suite, model: str, batches, size: int, sides=("jaxcam", "pytorch-g
 WORKLOADS = {"gradcam": gradcam, "methods": methods, "all_gradient": all_gradient, "scorecam": scorecam,
              "ablationcam": ablationcam, "batch_sweep": batch_sweep, "size_sweep": size_sweep, "bf16": bf16,
              "robustness": robustness, "metrics": metrics, "first_map": first_map, "memory": memory,
-             "profile": J.profile}
+             "profile": J.profile, "road_floor": lambda S, **cfg: __import__("bench_metrics").road_floor(S, **cfg)}

@@ -164,7 +164,7 @@ def test_run_parser():
 
 def test_plan_covers_every_workload():
     quick = suite_run.plan(quick=True, gpu=False)
-    assert {w for _, w, _ in quick} == set(suite_run.WORKLOADS)
+    assert {w for _, w, _ in quick} == set(suite_run.WORKLOADS) - set(suite_run.ACCELERATOR_ONLY)
     assert all(c.get("model", "resnet18") == "resnet18" for _, _, c in quick)
     full = suite_run.plan(quick=False, gpu=False)
     assert {c["model"] for _, w, c in full if w == "gradcam"} == set(suite_run.FULL_MODELS)
@@ -190,7 +190,7 @@ def test_accelerator_plan_lists_the_gpu_units(capsys):
     for w in ("gradcam", "all_gradient"):
         assert sorted(c["batch"] for _, x, c, _ in full if x == w) == [8, 32, 128, 256]
     assert {w for _, w, _, _ in full} == {"gradcam", "all_gradient", "bf16", "scorecam", "ablationcam", "robustness",
-                                          "profile"}
+                                          "profile", "road_floor"}
     assert next(c for _, w, c, _ in full if w == "profile")["batch"] == 256
     assert "--batch" in (argv := next(c for _, w, c, _ in full if w == "robustness")["argv"])
     assert argv[argv.index("--batch") + 1] == "64"
@@ -229,6 +229,22 @@ def test_accelerator_quick_profile_runs_without_torch(tmp_path):
     assert ops["ops"] > 0 and ops["total_ms"] > 0 and ops["top"][0]["ms"] >= ops["top"][-1]["ms"]
     assert unit["measurements"][0]["cost_analysis"]["flops"] > 0
     assert (tmp_path / "acc-trace").is_dir() and "## Profile: profile/resnet18/b4" in (tmp_path / "acc.md").read_text()
+
+
+
+@pytest.mark.slow
+def test_accelerator_quick_road_floor_runs_without_torch(tmp_path):
+    """``--accelerator --quick --only road_floor``: ROAD against its own forwards, end to end, without torch."""
+    out = tmp_path / "acc"
+    code = ("import runpy, sys; sys.argv = ['benchmarks/run.py', '--accelerator', '--quick', '--only', 'road_floor', "
+            f"'--out', {str(out)!r}]\ntry:\n    runpy.run_path('benchmarks/run.py', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\nassert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=600)
+    res = json.loads((tmp_path / "acc.json").read_text())
+    road = res["units"]["road_floor/resnet18/b2"]
+    assert road["status"] == "ok", road.get("error")
+    assert road["road"]["forwards_alone"]["forwards"] == 2 * 9 * 2 and road["road"]["x_forwards"] > 0
+    assert "forwards alone" in (tmp_path / "acc.md").read_text()
 
 
 def test_op_times_reads_a_trace(tmp_path):
