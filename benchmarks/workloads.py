@@ -98,7 +98,7 @@ class Suite:
         if arch not in self._models:  # one architecture in memory at a time (VGG-16 is 0.5 GB per side)
             self._models.clear()
             self._handwritten = {k: v for k, v in self._handwritten.items() if k[0] == arch}
-            sd = random_state_dict(arch, seed=0)
+            sd = H.embedded_state_dict() if arch == "efficientnet_lite0" else random_state_dict(arch, seed=0)
             model = jaxcam.load_model(arch, weights=sd)
             tm = H.torch_twin(arch, sd).to(self.device.name)
             self._models[arch] = (model, tm)
@@ -405,9 +405,21 @@ def perturbation(S: Suite, workload: str, model: str, batch: int, size: int, lay
     S.progress(unit)
     base, agree = S.pgc(st, workload, maps, layer=layer)
     _add(unit, base)
+    extra = {}
+    if workload == "scorecam":  # the forwards jaxcam actually runs (one per distinct mask) against K per image
+        from jaxcam.methods.perturbation import scorecam_forward_count
+        from jaxcam.tapped import site_shapes
+
+        site = st.model.layer_site(layer)
+        k = int(site_shapes(st.model.tapped.apply, st.model.params, st.x, (site,))[site].shape[-1])
+        photos = jnp.asarray(H.photos(4, st.size, st.model.arch.mean, st.model.arch.std))
+        counts = [int(c) for c in np.asarray(scorecam_forward_count(st.model, photos, layer))]
+        extra = {"forwards_per_image": counts[:st.batch], "channels": k}
+        unit["notes"].append(f"Score-CAM on {st.arch}: distinct masks (forwards run, before rounding up to the "
+                             f"chunk) on the 4 sample photos {counts} of {k} per image without deduplication")
     unit["rows"].append(row(workload, st.info(), ours, base, agree, floor,
                             baseline_label=f"pytorch-grad-cam {PGC_NAMES[workload]}",
-                            layer=layer or st.model.default_layer))
+                            layer=layer or st.model.default_layer, **extra))
     return unit
 
 

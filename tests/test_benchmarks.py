@@ -175,7 +175,10 @@ def test_plan_covers_every_workload():
     assert gpu_sweep["batches"][-2:] == (128, 256)
     assert {c["model"] for _, w, c in suite_run.plan(False, True) if w == "bf16"} == set(suite_run.FULL_MODELS)
     only = suite_run.plan(quick=False, gpu=False, models=["vgg16"], only=["gradcam", "scorecam"])
-    assert [k for k, _, _ in only] == ["gradcam/vgg16", "scorecam/resnet50"]
+    # Score-CAM also runs on the embedded model (its real weights), whatever --models says
+    assert [k for k, _, _ in only] == ["gradcam/vgg16", "scorecam/resnet50", "scorecam/efficientnet_lite0"]
+    assert {c["model"] for _, w, c in full if w == "scorecam"} == {"resnet50", "efficientnet_lite0"}
+    assert all("also" not in c for _, _, c in full)
     keys = [k for k, _, _ in full]
     assert len(keys) == len(set(keys))
     assert keys.index("methods/resnet50") < keys.index("all_gradient/resnet50")  # pgc timings reused
