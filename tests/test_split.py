@@ -14,7 +14,13 @@ def x():
     return jnp.asarray(np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32))
 
 
-@pytest.mark.parametrize("name", list(ARCHITECTURES))
+# one network per block type in the default run (basic, bottleneck, plain conv, conv+BN, MBConv); the deeper ones
+# repeat the same blocks more times and run eagerly stage by stage (up to 28 s each on 2 cores): behind `slow`
+ROUND_TRIP_DEFAULT = {"resnet18", "resnet50", "vgg11", "vgg11_bn", "efficientnet_lite0"}
+
+
+@pytest.mark.parametrize("name", [n if n in ROUND_TRIP_DEFAULT else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in ARCHITECTURES])
 def test_split_round_trips_at_every_stage(name, x):
     model = jaxcam.load_model(name, weights=None)
     with jax.disable_jit():  # eager: identical ops on both sides, so the round trip is exact
