@@ -116,13 +116,13 @@ def _road_threaded(config, which, workers, params, x, cams, classes, key):
     prologue, chunk = _chunk_programs(stage_range, score, percentiles, noise)
     n, n_p = x.shape[0], len(percentiles)
     base, cls = prologue(params, x, classes)
-    halves = {"morf": ((True, key),), "lerf": ((False, key),)}.get(which)
-    if halves is None:  # combined: LeRF with the first key, MoRF with the second
+    if which == "combined":  # LeRF with the first key, MoRF with the second
         k1, k2 = jax.random.split(key)
         halves = ((False, k1), (True, k2))
-    idx = road_chunks(n, n_p, batch_size)
-    jobs = [(h, jnp.asarray(mrf), jax.random.split(k, (n, n_p)), ks)
-            for h, (mrf, k) in enumerate(halves) for ks in idx]
+    else:
+        halves = ((which == "morf", key),)
+    halves = [(jnp.asarray(mrf), jax.random.split(k, (n, n_p))) for mrf, k in halves]  # once per half, not per job
+    jobs = [(h, mrf, keys, ks) for h, (mrf, keys) in enumerate(halves) for ks in road_chunks(n, n_p, batch_size)]
 
     def run(job):
         _, mrf, keys, ks = job
